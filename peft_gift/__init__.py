@@ -1,0 +1,14 @@
+"""peft-gift: GIFT and LoFiT as first-class PEFT tuner types.
+
+``import peft_gift`` adds ``PeftType.GIFT`` / ``PeftType.LOFIT`` to PEFT and registers the tuners, so that
+``get_peft_model``, ``PeftModel.from_pretrained``, ``AutoPeftModel*`` and ``merge_and_unload`` work unchanged.
+"""
+
+from . import _registry
+from .gift import GiftConfig, GiftModel
+
+__version__ = "0.1.0"
+
+_registry.register("gift", GiftConfig, GiftModel)
+
+__all__ = ["GiftConfig", "GiftModel", "__version__"]
