@@ -1,0 +1,104 @@
+"""Configuration of GIFT (Generative Interpretable Fine-Tuning, arXiv 2312.00700)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from .._registry import GIFT
+
+SHARING_MODES = ("module", "all", "layer")
+INIT_SCHEMES = ("gift", "wegeft")
+
+
+@dataclass
+class GiftConfig(PeftConfig):
+    """Configuration of a GIFT adapter.
+
+    For every targeted frozen linear layer W (d_out × d_in) the fine-tuned weight is
+
+        Ŵ = W (I + s · φ ψ),   φ: d_in × r,   ψ: r × d_in,   s = alpha / r (s = 1 when ``alpha`` is None),
+
+    computed in activation space as ``Ŵ x = W (x + s · φ(ψ x))``. One Θ = (φ, ψ) is shared by a *group* of layers
+    (see ``sharing``), so the trainable parameter count is Σ_groups 2 · r · d_in and does not grow with depth.
+    """
+
+    r: int = field(default=64, metadata={"help": "Rank r of Θ = (φ: d_in×r, ψ: r×d_in). Must be >= 1."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Module names (suffix match) or one regex (full match) of the linear layers to adapt. None picks the "
+                "default for the model type: Llama/Mistral/Qwen2/Gemma/ViT/DINOv2 `q_proj,v_proj`, GPT-2 `c_attn`, "
+                "BERT/RoBERTa `query,value`, T5 `q,v`."
+            )
+        },
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex of layers never to adapt."}
+    )
+    sharing: Literal["module", "all", "layer"] = field(
+        default="module",
+        metadata={
+            "help": (
+                "How Θ is shared. 'module' (the paper's setting): one Θ per module path with the layer index removed, "
+                "e.g. all `model.layers.*.self_attn.q_proj` share one Θ and all `...v_proj` another. 'all': one Θ for "
+                "every targeted layer (all must have the same in_features). 'layer': one Θ per layer (ablation)."
+            )
+        },
+    )
+    alpha: Optional[float] = field(
+        default=None, metadata={"help": "Scale s = alpha / r of the adapter path; None means s = 1. Must be > 0."}
+    )
+    init: Literal["gift", "wegeft"] = field(
+        default="gift",
+        metadata={
+            "help": (
+                "'gift' (GIFT v2/v3): ψ = 0 and φ with nn.Linear's default (Kaiming-uniform) init. 'wegeft' (WeGeFT, "
+                "GIFT v5): φ = 0 and ψ Kaiming-uniform. Both leave the model unchanged at initialisation."
+            )
+        },
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "Dropout probability on the adapter path input: W(x + s·φψ·dropout(x))."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Only adapt layers with these indices (needs a `layers` container)."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the layer container, used with `layers_to_transform`."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Extra modules trained in full and saved, e.g. a classifier head."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = GIFT
+        if isinstance(self.r, bool) or not isinstance(self.r, int):
+            raise TypeError(f"GiftConfig.r must be an int >= 1, got {self.r!r}")
+        if self.r < 1:
+            raise ValueError(f"GiftConfig.r must be >= 1, got {self.r}")
+        if self.sharing not in SHARING_MODES:
+            raise ValueError(f"GiftConfig.sharing must be one of {SHARING_MODES}, got {self.sharing!r}")
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"GiftConfig.init must be one of {INIT_SCHEMES}, got {self.init!r}")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not float(self.alpha) > 0):
+            raise ValueError(f"GiftConfig.alpha must be a number > 0 or None, got {self.alpha!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"GiftConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if isinstance(self.exclude_modules, (set, tuple)):
+            self.exclude_modules = sorted(self.exclude_modules)
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("GiftConfig.layers_to_transform cannot be used when target_modules is a regex string")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("GiftConfig.layers_pattern requires layers_to_transform to be set")
+
+    @property
+    def scaling(self) -> float:
+        """The scale s of the adapter path (alpha / r, or 1)."""
+        return 1.0 if self.alpha is None else float(self.alpha) / self.r

@@ -1,0 +1,215 @@
+"""GiftModel: the PEFT tuner that injects GIFT layers and owns the shared Θ."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_in_out_features
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import GiftConfig
+from .layer import GiftLayer, Linear
+
+_ATTENTION_QV = ["q_proj", "v_proj"]
+TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
+    **TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+    **{name: _ATTENTION_QV for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    **{name: _ATTENTION_QV for name in ("vit", "dinov2", "dinov2_with_registers")},
+    "gpt2": ["c_attn"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+}
+
+
+def group_key(module_name: str, sharing: str) -> str:
+    """Name of the Θ group of a targeted module: 'all'; the path without layer indices ('module'); the full path
+    ('layer'). Dots become '-' since parameter names cannot contain dots."""
+    if sharing == "all":
+        return "all"
+    parts = module_name.split(".")
+    if sharing == "module":
+        parts = [part for part in parts if not part.isdigit()]
+    return "-".join(parts)
+
+
+def _is_supported(base: nn.Module) -> bool:
+    if isinstance(base, (nn.Linear, Conv1D)):
+        return True
+    backend = resolve_quantization_backend(base)
+    return backend is not None and getattr(backend, "layer_type", None) == "linear"
+
+
+class GiftModel(BaseTuner):
+    """PEFT tuner for GIFT: each targeted linear layer computes Ŵx = W(x + Σ_a s_a φ_a(ψ_a x)), i.e.
+    Ŵ = W(I + Σ_a s_a φ_a ψ_a), where Θ_a = (φ_a, ψ_a) is shared by all layers of a sharing group.
+
+    Θ is stored once per (adapter, group) on this tuner, as ``gift_phi[adapter][group]`` (d_in × r) and
+    ``gift_psi[adapter][group]`` (r × d_in); the adapter file therefore holds exactly two tensors per group
+    (``base_model.gift_phi.<group>``, ``base_model.gift_psi.<group>``).
+    """
+
+    prefix: str = "gift_"
+    tuner_layer_cls = GiftLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING
+    uses_shared_state: bool = True
+
+    # ---- configuration & validation -----------------------------------------------------------------------------
+    def _prepare_adapter_config(self, peft_config: GiftConfig, model_config: dict) -> GiftConfig:
+        if peft_config.target_modules is None:
+            model_type = model_config.get("model_type")
+            if model_type not in self.target_module_mapping:
+                raise ValueError(
+                    f"GiftConfig.target_modules is required: no default for model_type={model_type!r}. Pass the "
+                    f"names of the linear layers to adapt, e.g. target_modules=['q_proj', 'v_proj']; defaults exist "
+                    f"for {sorted(TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING)[:12]}..."
+                )
+            peft_config.target_modules = list(self.target_module_mapping[model_type])
+        return peft_config
+
+    def _planned_targets(self, model: nn.Module, config: GiftConfig) -> dict[str, list[tuple[str, int]]]:
+        """Group → [(module name, in_features)] for every module this config will adapt; raises before any change."""
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for name, module in model.named_modules():
+            if not name or name.endswith(".base_layer") or ".base_layer." in name:
+                continue
+            if not self._check_target_module_exists(config, name):
+                continue
+            base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+            if not _is_supported(base):
+                raise ValueError(
+                    f"GIFT cannot adapt module {name!r} of type {type(base).__name__}: supported are torch.nn.Linear, "
+                    f"transformers Conv1D and quantized linear layers. Check GiftConfig.target_modules."
+                )
+            in_features, _ = _get_in_out_features(base)
+            groups.setdefault(group_key(name, config.sharing), []).append((name, in_features))
+        for group, members in groups.items():
+            sizes = {d for _, d in members}
+            if len(sizes) > 1:
+                clash = ", ".join(f"{n} (in_features={d})" for n, d in members[:6])
+                raise ValueError(
+                    f"GiftConfig.sharing={config.sharing!r} shares one Θ between modules with different in_features: "
+                    f"{clash}. Use sharing='module' or 'layer', or target modules of equal in_features."
+                )
+        return groups
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+    ) -> None:
+        for container in ("gift_phi", "gift_psi"):
+            if container not in self._modules:
+                setattr(self, container, nn.ModuleDict())
+        config = self._prepare_adapter_config(self.peft_config[adapter_name], self.get_model_config(model))
+        self._planned_targets(model, config)  # validates everything before the model is touched
+        try:
+            super().inject_adapter(
+                model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict,
+            )
+        except Exception:
+            self._remove_theta(adapter_name)
+            for module in model.modules():
+                if isinstance(module, GiftLayer) and adapter_name in module.gift_group:
+                    module.delete_adapter(adapter_name)
+            raise
+        base = self.model
+        if hasattr(base, "add_model_tags"):
+            base.add_model_tags(["gift"])
+
+    # ---- Θ management -------------------------------------------------------------------------------------------
+    def _get_or_create_theta(self, adapter_name: str, group: str, config: GiftConfig, like: torch.Tensor) -> None:
+        for container in (self.gift_phi, self.gift_psi):
+            if adapter_name not in container:
+                container[adapter_name] = nn.ParameterDict()
+        phi_dict, psi_dict = self.gift_phi[adapter_name], self.gift_psi[adapter_name]
+        if group in phi_dict:
+            return
+        in_features = like.shape[1]
+        dtype = like.dtype if like.dtype.is_floating_point else torch.float32
+        phi = torch.empty(in_features, config.r, dtype=torch.float32, device=like.device)
+        psi = torch.empty(config.r, in_features, dtype=torch.float32, device=like.device)
+        if like.device.type != "meta":
+            # nn.Linear's default init: U(±1/sqrt(fan_in)); φ maps r → d_in, ψ maps d_in → r
+            if config.init == "gift":
+                nn.init.kaiming_uniform_(phi, a=math.sqrt(5))
+                nn.init.zeros_(psi)
+            else:
+                nn.init.zeros_(phi)
+                nn.init.kaiming_uniform_(psi, a=math.sqrt(5))
+        phi_dict[group] = nn.Parameter(phi.to(dtype))
+        psi_dict[group] = nn.Parameter(psi.to(dtype))
+
+    def _remove_theta(self, adapter_name: str) -> None:
+        for container in (self.gift_phi, self.gift_psi):
+            if adapter_name in container:
+                del container[adapter_name]
+
+    def _theta_parameters(self, adapter_name: str):
+        for container in (self.gift_phi, self.gift_psi):
+            if adapter_name in container:
+                yield from container[adapter_name].values()
+
+    def _set_theta_requires_grad(self, adapter_names: Sequence[str], requires_grad: bool) -> None:
+        for name in adapter_names:
+            for param in self._theta_parameters(name):
+                param.requires_grad_(requires_grad)
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        group = group_key(current_key, peft_config.sharing)
+        base = target.get_base_layer() if isinstance(target, GiftLayer) else target
+        in_features, _ = _get_in_out_features(base)
+        weight = base.weight if hasattr(base, "weight") else next(base.parameters())
+        like = torch.empty(0, in_features, dtype=weight.dtype, device=weight.device)
+        self._get_or_create_theta(adapter_name, group, peft_config, like)
+        if isinstance(target, GiftLayer):
+            target.update_layer(adapter_name, group, peft_config.scaling, peft_config.dropout)
+            return
+        new_module = Linear(
+            target, adapter_name, theta=(self.gift_phi, self.gift_psi), group=group,
+            scaling=peft_config.scaling, dropout=peft_config.dropout,
+        )
+        self._replace_module(parent, target_name, new_module, target)
+
+    # ---- keep Θ's requires_grad / dtype in step with PEFT's generic bookkeeping ---------------------------------
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        active = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._set_theta_requires_grad([a for a in self.gift_phi if a not in active], False)
+        self._set_theta_requires_grad(active, not inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self._set_theta_requires_grad(names, requires_grad)
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        super()._enable_adapter_layers(enabled)
+        if enabled:
+            self._set_theta_requires_grad(self.active_adapters, True)
+        else:
+            self._set_theta_requires_grad(list(self.gift_phi), False)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if not autocast_adapter_dtype:
+            return
+        for container in (self.gift_phi, self.gift_psi):
+            params = container[adapter_name] if adapter_name in container else {}
+            for group, param in list(params.items()):
+                if param.dtype in (torch.float16, torch.bfloat16):
+                    params[group] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._remove_theta(adapter_name)
