@@ -1,0 +1,297 @@
+"""LoFiT tuner layers: per-head scales and offsets on the input of an attention output projection."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+# Below this |1 + A| a merged scale cannot be divided out accurately, so merging keeps a copy of the weight instead.
+_MIN_INVERTIBLE_SCALE = 1e-3
+
+
+class LofitLayer(BaseTunerLayer):
+    r"""Mixin holding LoFiT's per-head parameters for one attention output projection.
+
+    The projection's input z (last dim = ``num_heads * head_dim``, heads concatenated) is viewed as ``(num_heads,
+    head_dim)`` and edited before the projection runs::
+
+        z_h <- z_h * prod_a (1 + A_{a,h}) + sum_b v_{b,h}
+
+    over the active scale adapters a (``lofit_head_scale``) and offset adapters b (``lofit_head_offset``). Each adapter
+    stores a ``(K, head_dim)`` tensor for the K heads it adapts in this layer (``K = num_heads`` for "every head"), and
+    ``lofit_head_index[adapter]`` (a non-persistent long buffer, rebuilt from the config) says which heads those are.
+    Heads without an entry are left unchanged (scale 1, offset 0).
+    """
+
+    adapter_layer_names = ("lofit_head_scale", "lofit_head_offset")
+    other_param_names = ("lofit_head_index",)
+
+    def __init__(self, base_layer: nn.Module, layer_index: int, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.lofit_head_scale = nn.ParameterDict({})
+        self.lofit_head_offset = nn.ParameterDict({})
+        self.lofit_head_index = BufferDict({}, persistent=False)
+        self.layer_index = int(layer_index)
+        # per adapter: (num_heads, head_dim) used to interpret the input of this projection
+        self.head_shapes: dict[str, tuple[int, int]] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        # per merged adapter: what `unmerge` needs to restore the base layer exactly
+        self._merge_records: dict[str, dict[str, Any]] = {}
+
+        base = self.get_base_layer()
+        if isinstance(base, Conv1D):
+            in_features, out_features = base.weight.shape
+            self.fan_in_fan_out = True
+        elif isinstance(base, nn.Linear):
+            in_features, out_features = base.in_features, base.out_features
+            self.fan_in_fan_out = False
+        else:
+            raise ValueError(
+                f"LoFiT supports torch.nn.Linear and transformers Conv1D projections, got {type(base).__name__}."
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+
+    # ------------------------------------------------------------------ adapters
+    def update_layer(
+        self,
+        adapter_name: str,
+        mode: str,
+        num_heads: int,
+        head_dim: int,
+        heads: Optional[list[int]],
+        init_std: float,
+        inference_mode: bool = False,
+    ) -> None:
+        """Create the parameters of ``adapter_name``: a ``(K, head_dim)`` tensor for the heads in ``heads``
+        (``None`` = all ``num_heads``), drawn from N(0, init_std^2)."""
+        if num_heads * head_dim != self.in_features:
+            raise ValueError(
+                f"in_features={self.in_features} of layer {self.layer_index} != num_heads * head_dim = "
+                f"{num_heads} * {head_dim} = {num_heads * head_dim}."
+            )
+        head_ids = list(range(num_heads)) if heads is None else sorted(heads)
+        if not head_ids or head_ids[0] < 0 or head_ids[-1] >= num_heads or len(set(head_ids)) != len(head_ids):
+            raise ValueError(f"heads {head_ids} of layer {self.layer_index} must be unique and in [0, {num_heads}).")
+        values = torch.zeros(len(head_ids), head_dim)
+        if init_std > 0:
+            values.normal_(0.0, init_std)
+        container = self.lofit_head_scale if mode == "scale" else self.lofit_head_offset
+        container[adapter_name] = nn.Parameter(values)
+        self.lofit_head_index[adapter_name] = torch.tensor(head_ids, dtype=torch.long)
+        self.head_shapes[adapter_name] = (num_heads, head_dim)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self.head_shapes.pop(adapter_name, None)
+
+    def adapter_mode(self, adapter_name: str) -> Optional[str]:
+        """"scale", "bias" or None when this layer has no parameters for ``adapter_name``."""
+        if adapter_name in self.lofit_head_scale:
+            return "scale"
+        if adapter_name in self.lofit_head_offset:
+            return "bias"
+        return None
+
+    def adapted_heads(self, adapter_name: str) -> list[int]:
+        """Head indices (within this layer) that ``adapter_name`` adapts."""
+        return self.lofit_head_index[adapter_name].tolist()
+
+    def _expand(self, adapter_name: str, values: torch.Tensor, fill: float) -> torch.Tensor:
+        """(K, head_dim) values of the adapted heads -> flat (num_heads * head_dim,) vector, ``fill`` elsewhere."""
+        num_heads, head_dim = self.head_shapes[adapter_name]
+        index = self.lofit_head_index[adapter_name]
+        if index.numel() == num_heads:  # every head, stored in order
+            return values.reshape(-1)
+        full = values.new_full((num_heads, head_dim), fill)
+        return full.index_copy(0, index.to(values.device), values).reshape(-1)
+
+    def get_scale_vector(self, adapter_name: str) -> torch.Tensor:
+        """Flat multiplier (1 + A) over the projection's input features (1 where the adapter has no head)."""
+        return self._expand(adapter_name, 1.0 + self.lofit_head_scale[adapter_name], 1.0)
+
+    def get_offset_vector(self, adapter_name: str) -> torch.Tensor:
+        """Flat offset v over the projection's input features (0 where the adapter has no head)."""
+        return self._expand(adapter_name, self.lofit_head_offset[adapter_name], 0.0)
+
+    def _combined_edit(self, adapter_names) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        scale = offset = None
+        for name in adapter_names:
+            if name in self.lofit_head_scale:
+                s = self.get_scale_vector(name)
+                scale = s if scale is None else scale * s
+            elif name in self.lofit_head_offset:
+                v = self.get_offset_vector(name)
+                offset = v if offset is None else offset + v
+        return scale, offset
+
+    # ------------------------------------------------------------------ weights in (out, in) layout
+    def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.T if self.fan_in_fan_out else weight
+
+    def _scaled_weight(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """W with the input columns multiplied by ``scale`` (rows for Conv1D, whose weight is (in, out))."""
+        scale = scale.to(torch.float32)
+        out = weight.to(torch.float32) * (scale[:, None] if self.fan_in_fan_out else scale[None, :])
+        return out.to(weight.dtype)
+
+    def _merged_scale(self) -> Optional[torch.Tensor]:
+        scale = None
+        for name in self.merged_adapters:
+            record = self._merge_records.get(name, {})
+            if "scale" in record:
+                scale = record["scale"] if scale is None else scale * record["scale"]
+        return scale
+
+    def get_delta_bias(self, adapter_name: str) -> torch.Tensor:
+        """b' - b for merging offset adapter ``adapter_name``: W_o @ v (fp32), using the *unscaled* W_o."""
+        base = self.get_base_layer()
+        offset = self.get_offset_vector(adapter_name).detach().to(torch.float32)
+        merged_scale = self._merged_scale()
+        if merged_scale is not None:
+            # z' = z * S + v  =>  W (z * S + v) = (W diag S) z + (W diag S)(v / S)
+            nonzero = offset != 0
+            if (merged_scale[nonzero].abs() < _MIN_INVERTIBLE_SCALE).any():
+                raise ValueError(
+                    f"Cannot merge offset adapter {adapter_name!r} on top of an already merged scale that is ~0 on "
+                    "the same features; unmerge first or merge the adapters in one call."
+                )
+            offset = torch.where(nonzero, offset / merged_scale.to(offset.device), offset)
+        weight = self._weight_out_in(base.weight.detach()).to(torch.float32)
+        return weight @ offset.to(weight.device)
+
+    # ------------------------------------------------------------------ merge / unmerge
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Fold the adapters into the base layer: scales into the weight columns of their heads
+        (W[:, head] *= 1 + A_h), offsets into the bias (b += W[:, head] @ v_h; a zero bias is created if absent).
+
+        Args:
+            safe_merge: compute on copies and raise ``ValueError`` if the result has NaN/inf, leaving W and b as is.
+            adapter_names: adapters to merge (default: the active ones).
+        """
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        for name in adapter_names:
+            mode = self.adapter_mode(name)
+            if mode is None:
+                continue
+            record: dict[str, Any] = {}
+            if mode == "scale":
+                scale = self.get_scale_vector(name).detach().to(torch.float32).clone()
+                new_weight = self._scaled_weight(base.weight.data, scale)
+                if safe_merge and not torch.isfinite(new_weight).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                record["scale"] = scale
+                exact_division = base.weight.dtype in (torch.float32, torch.float64) and bool(
+                    (scale.abs() >= _MIN_INVERTIBLE_SCALE).all()
+                )
+                if not exact_division:  # low precision or ~0 scale: dividing would not restore W, keep it
+                    record["weight"] = base.weight.data.clone()
+                base.weight.data = new_weight
+            else:
+                delta = self.get_delta_bias(name)
+                old_bias = None if base.bias is None else base.bias.data.clone()
+                reference = base.weight if base.bias is None else base.bias
+                current = torch.zeros(self.out_features, dtype=torch.float32, device=reference.device)
+                if base.bias is not None:
+                    current = base.bias.data.to(torch.float32)
+                new_bias = (current + delta.to(current.device)).to(reference.dtype)
+                if safe_merge and not torch.isfinite(new_bias).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                record["bias"] = old_bias
+                if base.bias is None:
+                    base.bias = nn.Parameter(new_bias, requires_grad=False)
+                else:
+                    base.bias.data = new_bias
+            self._merge_records[name] = record
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Undo all merges (last merged first): restore the stored bias (removing a bias that merging created) and
+        divide the scales out of the weight columns (or restore the stored weight for low precision / ~0 scales)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            record = self._merge_records.pop(name, {})
+            if "weight" in record:
+                base.weight.data = record["weight"].to(base.weight.device)
+            elif "scale" in record:
+                base.weight.data = self._scaled_weight(base.weight.data, 1.0 / record["scale"])
+            if "bias" in record:
+                if record["bias"] is None:
+                    base.bias = None
+                else:
+                    base.bias.data = record["bias"].to(base.bias.device)
+
+
+class Linear(nn.Module, LofitLayer):
+    r"""LoFiT on an ``nn.Linear`` or transformers ``Conv1D`` attention output projection W_o:
+
+        y = W_o z' + b,   z'_h = z_h * prod_a (1 + A_{a,h}) + sum_b v_{b,h}   for every head h of this layer
+
+    where z is the projection's input (heads concatenated), a runs over the active scale adapters and b over the
+    active offset adapters. Applied at every position; vectorised over heads (no loop over heads).
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        layer_index: int,
+        mode: str,
+        num_heads: int,
+        head_dim: int,
+        heads: Optional[list[int]],
+        init_std: float,
+        inference_mode: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        LofitLayer.__init__(self, base_layer, layer_index=layer_index)
+        self._active_adapter = adapter_name
+        self.update_layer(
+            adapter_name, mode=mode, num_heads=num_heads, head_dim=head_dim, heads=heads, init_std=init_std,
+            inference_mode=inference_mode,
+        )
+
+    def edit_input(self, x: torch.Tensor, adapter_names=None) -> torch.Tensor:
+        """Apply the (active or given) adapters' head edits to the projection input ``x`` (..., in_features)."""
+        names = self.active_adapters if adapter_names is None else adapter_names
+        scale, offset = self._combined_edit(names)
+        if scale is None and offset is None:
+            return x
+        ref = scale if scale is not None else offset
+        compute_dtype = torch.promote_types(x.dtype, ref.dtype)
+        z = x.to(compute_dtype)
+        if scale is not None:
+            z = z * scale.to(device=x.device, dtype=compute_dtype)
+        if offset is not None:
+            z = z + offset.to(device=x.device, dtype=compute_dtype)
+        return z.to(x.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        return self.base_layer(self.edit_input(x), *args, **kwargs)
+
+    def __repr__(self) -> str:
+        rep = super().__repr__()
+        return "lofit." + rep
