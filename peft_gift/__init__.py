@@ -6,9 +6,13 @@
 
 from . import _registry
 from .gift import GiftConfig, GiftModel
+from .lofit import LofitConfig, LofitModel, lofit_stage2_config, select_heads
 
 __version__ = "0.1.0"
 
 _registry.register("gift", GiftConfig, GiftModel)
+_registry.register("lofit", LofitConfig, LofitModel)
 
-__all__ = ["GiftConfig", "GiftModel", "__version__"]
+__all__ = [
+    "GiftConfig", "GiftModel", "LofitConfig", "LofitModel", "lofit_stage2_config", "select_heads", "__version__",
+]
