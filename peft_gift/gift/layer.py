@@ -10,6 +10,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..mixed_batch import samples_per_adapter
+
 
 class GiftLayer(BaseTunerLayer):
     """Mixin for layers adapted by GIFT: Ŵ = W (I + Σ_a s_a φ_a ψ_a) over the active adapters a.
@@ -110,17 +112,28 @@ class GiftLayer(BaseTunerLayer):
         self.merged_adapters = []
 
     # ---- forward -----------------------------------------------------------------------------------------------
-    def _adapted_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x + Σ_a s_a φ_a(ψ_a dropout_a(x)) computed in Θ's dtype, returned in x's dtype."""
+    def _input_delta(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """s_a φ_a(ψ_a dropout_a(x)), computed in Θ's dtype."""
+        phi, psi = self.theta(adapter_name)
+        h = self.gift_dropout[adapter_name](self._cast_input_dtype(x, psi.dtype))
+        delta = (h @ psi.T) @ phi.T
+        scaling = self.gift_scaling[adapter_name]
+        return delta * scaling if scaling != 1.0 else delta
+
+    def _adapted_input(self, x: torch.Tensor, adapter_names: Optional[list[str]] = None) -> torch.Tensor:
+        """x + Σ_a s_a φ_a(ψ_a dropout_a(x)) over the active adapters, returned in x's dtype. With
+        ``adapter_names`` (one per sample) each sample gets only its own adapter instead."""
+        if adapter_names is not None:
+            x = x.clone()
+            for name, index in samples_per_adapter(adapter_names, x.shape[0], x.device).items():
+                if name in self.gift_group:
+                    x[index] = x[index] + self._input_delta(x[index], name).to(x.dtype)
+            return x
         delta = None
         for name in self.active_adapters:
-            if name not in self.gift_group:
-                continue
-            phi, psi = self.theta(name)
-            h = self.gift_dropout[name](self._cast_input_dtype(x, psi.dtype))
-            d = (h @ psi.T) @ phi.T
-            d = d * self.gift_scaling[name] if self.gift_scaling[name] != 1.0 else d
-            delta = d if delta is None else delta + d
+            if name in self.gift_group:
+                d = self._input_delta(x, name)
+                delta = d if delta is None else delta + d
         return x if delta is None else x + delta.to(x.dtype)
 
 
@@ -143,14 +156,14 @@ class Linear(nn.Module, GiftLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, group, scaling, dropout)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
-        return self.base_layer(self._adapted_input(x), *args, **kwargs)
+        return self.base_layer(self._adapted_input(x, adapter_names), *args, **kwargs)
 
     def __repr__(self) -> str:
         return "gift." + super().__repr__()

@@ -11,6 +11,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resol
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..mixed_batch import adapter_names_hooks
 from .config import GiftConfig
 from .layer import GiftLayer, Linear
 
@@ -180,6 +181,10 @@ class GiftModel(BaseTuner):
             scaling=peft_config.scaling, dropout=peft_config.dropout,
         )
         self._replace_module(parent, target_name, new_module, target)
+
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample."""
+        return adapter_names_hooks(self, GiftLayer, *args, **kwargs)
 
     # ---- keep Θ's requires_grad / dtype in step with PEFT's generic bookkeeping ---------------------------------
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
