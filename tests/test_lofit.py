@@ -489,7 +489,10 @@ def test_bad_config_values_raise(kwargs, pattern):
         (dict(mode="bias", heads=[(0, 0)], num_heads=3), r"in_features=64, but num_heads \* head_dim = 3 \* \d+ = \d+"),
         (dict(mode="scale", head_dim=8), r"in_features=64, but num_heads \* head_dim = 4 \* 8 = 32"),
         (dict(mode="scale", layers_to_transform=[1, 5]), r"`layers_to_transform` contains layer\(s\) \[5\].*\[0, 1\]"),
-        (dict(mode="bias", heads=[(0, 0)], layers_to_transform=[1]), r"layer 0 is out of range; valid layers are \[1\]"),
+        (
+            dict(mode="bias", heads=[(0, 0)], layers_to_transform=[1]),
+            r"layer 0 is out of range; valid layers are \[1\]",
+        ),
     ],
 )
 def test_bad_input_raises_and_leaves_model_untouched(name, kwargs, pattern):

@@ -39,7 +39,8 @@ def head_scores(model: nn.Module, adapter_name: Optional[str] = None) -> dict[tu
     adapter_name, config = _tuner_and_config(model, adapter_name)
     if config.mode != "scale":
         raise ValueError(
-            f"select_heads needs a stage-1 adapter with mode='scale'; adapter {adapter_name!r} has mode={config.mode!r}."
+            f"select_heads needs a stage-1 adapter with mode='scale'; adapter {adapter_name!r} has "
+            f"mode={config.mode!r}."
         )
     scores: dict[tuple[int, int], float] = {}
     for module in model.modules():
