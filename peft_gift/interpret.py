@@ -736,18 +736,22 @@ def save_lofit_head_map(
         raise ValueError(f"Selected heads {outside} are outside the {grid.shape[0]} layers × {grid.shape[1]} heads grid.")
     plt = _require_matplotlib()
     layers, heads = grid.shape
-    fig, ax = plt.subplots(figsize=(min(12.0, 1.6 + 0.32 * heads), min(10.0, 1.2 + 0.28 * layers)))
+    fig, ax = plt.subplots(
+        figsize=(min(12.0, max(4.0, 1.6 + 0.32 * heads)), min(10.0, max(2.8, 1.2 + 0.28 * layers)))
+    )
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="‖A_h‖₂")
     if selected:
         ax.scatter([h for _, h in selected], [l for l, _ in selected], marker="s", s=60, facecolors="none",
-                   edgecolors="red", linewidths=1.5, label=f"selected ({len(selected)})")
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+                   edgecolors="red", linewidths=1.5)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(0, heads, max(1, heads // 16)))
     ax.set_yticks(range(0, layers, max(1, layers // 16)))
-    ax.set_title(title or "LoFiT stage-1 head scores", fontsize=9)
+    title = title or "LoFiT stage-1 head scores ‖A_h‖₂"
+    if selected:
+        title += f"\n(red squares: {len(selected)} selected heads)"
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
