@@ -58,3 +58,22 @@ def test_mixed_batch_errors():
     model.merge_adapter(["default"])
     with pytest.raises(ValueError, match="merged"):
         model(**inputs, adapter_names=["default", "other"])
+
+
+def test_lofit_mixed_batch_equals_per_adapter_runs():
+    from peft import get_peft_model
+
+    from peft_gift import LofitConfig
+    from tiny_models import tiny_gpt2
+
+    model = get_peft_model(tiny_gpt2(), LofitConfig(mode="bias", heads=[(0, 1), (1, 3)], init_std=0.5))
+    model.add_adapter("other", LofitConfig(mode="scale", init_std=0.5))
+    model.eval()
+    inputs = text_inputs(batch=3)
+    expected = per_adapter_outputs(model, inputs)
+    names = ["other", "default", "__base__"]
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=names).logits
+    for i, name in enumerate(names):
+        torch.testing.assert_close(mixed[i], expected[name][i], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected["other"], expected["default"])

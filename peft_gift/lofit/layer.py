@@ -11,6 +11,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..mixed_batch import samples_per_adapter
+
 # Below this |1 + A| a merged scale cannot be divided out accurately, so merging keeps a copy of the weight instead.
 _MIN_INVERTIBLE_SCALE = 1e-3
 
@@ -283,14 +285,19 @@ class Linear(nn.Module, LofitLayer):
             z = z + offset.to(device=x.device, dtype=compute_dtype)
         return z.to(x.dtype)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
-        return self.base_layer(self.edit_input(x), *args, **kwargs)
+        if adapter_names is None:
+            return self.base_layer(self.edit_input(x), *args, **kwargs)
+        x = x.clone()  # mixed-adapter batch: each sample gets only its own adapter
+        for name, index in samples_per_adapter(adapter_names, x.shape[0], x.device).items():
+            x[index] = self.edit_input(x[index], [name])
+        return self.base_layer(x, *args, **kwargs)
 
     def __repr__(self) -> str:
         rep = super().__repr__()

@@ -14,6 +14,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _ExcludedModule,
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..mixed_batch import adapter_names_hooks
 from .config import TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING, LofitConfig
 from .layer import Linear, LofitLayer
 
@@ -241,6 +242,10 @@ class LofitModel(BaseTuner):
             add_tags(["lofit"])
 
     # ------------------------------------------------------------------ L1 penalty
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample."""
+        return adapter_names_hooks(self, LofitLayer, *args, **kwargs)
+
     def _lofit_layers(self):
         return [m for m in self.model.modules() if isinstance(m, LofitLayer)]
 
