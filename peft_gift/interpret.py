@@ -454,7 +454,7 @@ def save_cluster_maps(
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(f"GIFT channels of {layer}", fontsize=8)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
