@@ -719,10 +719,16 @@ DEFAULT_TRAINING = dict(
 )
 
 
+def _defaults() -> dict:
+    import torch
+
+    return {**DEFAULT_TRAINING, "dataloader_pin_memory": torch.cuda.is_available()}
+
+
 def _trainer(model, prep, training: dict, out: Path, seed: int, stage: str):
     from transformers import Trainer, TrainingArguments
 
-    args = {**DEFAULT_TRAINING, **training, "seed": seed}
+    args = {**_defaults(), **training, "seed": seed}
     args.setdefault("data_seed", seed)
     args["output_dir"] = str(out / "trainer" / stage)
     try:
