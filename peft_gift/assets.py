@@ -350,7 +350,7 @@ def _read_olmo_docs(path: Path) -> list[dict]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)["doc"]
-            key = json.dumps([doc["query"], doc["choices"], doc["gold"]])
+            key = json.dumps(doc, sort_keys=True)  # one request per choice: the same doc repeats
             if key in seen:
                 continue
             seen.add(key)

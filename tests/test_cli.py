@@ -214,7 +214,7 @@ def test_causal_lm_mc_gift_learns_and_reports_per_dataset(assets, tmp_path):
            "method": {"name": "gift", "r": 4, "target_modules": ["q_proj", "v_proj"]},
            "data": {"dataset": [str(assets / "mc_tiny"), str(assets / "mc_tiny2")], "max_length": 32,
                     "train_size": 16, "eval_size": 8},
-           "training": {**TRAIN, "num_train_epochs": 6, "learning_rate": 3e-2}}
+           "training": {**TRAIN, "num_train_epochs": 4, "learning_rate": 3e-2}}
     _, res = _run_cli(tmp_path, cfg)
     _check_results(res, "gift", "causal_lm_mc")
     assert res["train_examples"] == 32 and res["eval_examples"] == 16
@@ -302,5 +302,7 @@ def test_local_metrics_match_definitions():
     assert training.accuracy(preds, labels) == pytest.approx(4 / 6)
     # binary F1 on class 1: tp=2, fp=1, fn=0 → 0.8
     assert training.f1([1, 0, 1, 1], [1, 0, 0, 1], 2) == pytest.approx(0.8)
-    # macro F1: class0 (tp1 fp0 fn0)=1, class1 (tp2 fp1 fn0)=0.8, class2 (tp1 fp0 fn1)=2/3
-    assert training.f1(preds, labels, 3) == pytest.approx((1 + 0.8 + 2 / 3) / 3)
+    # macro F1: class0 (tp1 fp1 fn1)=0.5, class1 (tp2 fp1 fn0)=0.8, class2 (tp1 fp0 fn1)=2/3
+    assert training.f1(preds, labels, 3) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    sk = pytest.importorskip("sklearn.metrics")
+    assert training.f1(preds, labels, 3) == pytest.approx(sk.f1_score(labels, preds, average="macro"))
