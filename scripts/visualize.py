@@ -280,6 +280,15 @@ def lofit_outputs(model, tokenizer, config: dict, selected, args, out: Path) -> 
     return written
 
 
+def _palette_png(path: Path) -> None:
+    """Re-save a PNG with an adaptive 256-colour palette (about 3-4x smaller, for committing pictures)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
 def visualize(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,6 +311,10 @@ def visualize(args) -> dict:
             files = lofit_outputs(model, tokenizer, config, bias_heads, args, sub)
         else:
             raise SystemExit(f"error: {a} holds a {kind} adapter; visualize.py handles GIFT and LOFIT adapters")
+        if args.palette:
+            for f in files:
+                if f.endswith(".png"):
+                    _palette_png(Path(f))
         summary["adapters"][str(a)] = {"type": kind, "base_model": base_path, "files": files,
                                        "seconds": round(time.time() - t0, 1)}
         summary["files"] += files
@@ -390,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=8, help="tokens listed per channel/head")
     p.add_argument("--k", type=int, help="LoFiT heads to mark when no bias adapter is given (default: 3%%)")
     p.add_argument("--dpi", type=int, default=80)
+    p.add_argument("--palette", action="store_true", help="save PNGs with a 256-colour palette (small files)")
     p.add_argument("--cell-inches", type=float, default=1.1, help="size of one heat-map panel")
     args = p.parse_args(argv)
     if args.smoke == bool(args.adapter):
