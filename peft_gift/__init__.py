@@ -13,6 +13,10 @@ __version__ = "0.1.0"
 _registry.register("gift", GiftConfig, GiftModel)
 _registry.register("lofit", LofitConfig, LofitModel)
 
+from . import hub as _hub  # noqa: E402
+
+_hub.install()  # model cards of GIFT / LoFiT adapters say how to load them; push_to_hub keeps PEFT's card
+
 __all__ = [
     "GiftConfig", "GiftModel", "LofitConfig", "LofitModel", "lofit_stage2_config", "select_heads", "__version__",
 ]
