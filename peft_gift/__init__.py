@@ -14,8 +14,10 @@ _registry.register("gift", GiftConfig, GiftModel)
 _registry.register("lofit", LofitConfig, LofitModel)
 
 from . import hub as _hub  # noqa: E402
+from . import safe_load as _safe_load  # noqa: E402
 
 _hub.install()  # model cards of GIFT / LoFiT adapters say how to load them; push_to_hub keeps PEFT's card
+_safe_load.install()  # safetensors only; a failed from_pretrained / load_adapter leaves the model as it was
 
 __all__ = [
     "GiftConfig", "GiftModel", "LofitConfig", "LofitModel", "lofit_stage2_config", "select_heads", "__version__",

@@ -1,0 +1,270 @@
+"""Bad inputs: each gives an error that names the problem, and the model is left exactly as it was.
+
+Covers configs, targets and tampered adapter folders (wrong shapes, missing / extra tensors, NaN / inf / int values,
+a config that does not match the file, a truncated file, pickle-only folders). Adapters are read from safetensors
+only (peft_gift.safe_load); PEFT's own fallback for `adapter_model.bin` uses torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import peft_gift
+from peft_gift import GiftConfig, LofitConfig
+from peft_gift.gift.layer import GiftLayer
+from test_gift import randomise_theta
+from tiny_models import model_output, text_inputs, tiny_llama
+
+THETA_Q = "base_model.gift_phi.model-layers-self_attn-q_proj"
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------------
+def snapshot(model: nn.Module):
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "types": {n: type(m) for n, m in model.named_modules()},
+        "grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "out": model_output(model, text_inputs()),
+    }
+
+
+def assert_untouched(model: nn.Module, snap) -> None:
+    assert {n: type(m) for n, m in model.named_modules()} == snap["types"]
+    state = model.state_dict()
+    assert state.keys() == snap["state"].keys()
+    assert all(torch.equal(state[k], v) for k, v in snap["state"].items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == snap["grad"]
+    assert not hasattr(model, "peft_config") or "peft_config" not in model.__dict__
+    assert not model._forward_hooks
+    torch.testing.assert_close(model_output(model, text_inputs()), snap["out"], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
+    randomise_theta(model)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def tampered(good_folder, tmp_path, tensors=None, config=None, files=None) -> str:
+    folder = str(tmp_path / "adapter")
+    shutil.copytree(good_folder, folder)
+    if tensors is not None:
+        state = load_file(os.path.join(folder, "adapter_model.safetensors"))
+        save_file(tensors(state), os.path.join(folder, "adapter_model.safetensors"))
+    if config is not None:
+        path = os.path.join(folder, "adapter_config.json")
+        cfg = json.load(open(path))
+        config(cfg)
+        json.dump(cfg, open(path, "w"))
+    if files is not None:
+        files(folder)
+    return folder
+
+
+def load_fails(folder, match, exc=ValueError):
+    base = tiny_llama()
+    snap = snapshot(base)
+    with pytest.raises(exc, match=match):
+        PeftModel.from_pretrained(base, folder)
+    assert_untouched(base, snap)
+
+
+# ---- configs -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(r=0), ValueError, r"r must be >= 1, got 0"),
+    (dict(r="4"), TypeError, r"r must be an int"),
+    (dict(r=True), TypeError, r"r must be an int"),
+    (dict(sharing="global"), ValueError, r"sharing must be one of .*'global'"),
+    (dict(init="lora"), ValueError, r"init must be one of .*'lora'"),
+    (dict(alpha=0), ValueError, r"alpha must be a number > 0"),
+    (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
+    (dict(layers_pattern="layers"), ValueError, r"layers_pattern requires layers_to_transform"),
+    (dict(target_modules=r".*q_proj", layers_to_transform=[0]), ValueError, r"regex"),
+])
+def test_bad_gift_config(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        GiftConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mode="shift"), r"`mode` must be one of"),
+    (dict(heads=[(0, 1), (0, 1)]), r"duplicate"),
+    (dict(mode="bias", heads=[]), r"`heads` is empty"),
+    (dict(l1_lambda=float("nan")), r"`l1_lambda` must be a finite float"),
+])
+def test_bad_lofit_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LofitConfig(**kwargs)
+
+
+# ---- targets: get_peft_model / add_adapter must not modify the model when they fail --------------------------------
+@pytest.mark.parametrize("config,exc,match", [
+    (GiftConfig(r=4, target_modules=["nonexistent_proj"]), ValueError, r"nonexistent_proj.*not found"),
+    (GiftConfig(r=4, target_modules=["embed_tokens"]), ValueError, r"cannot adapt module 'model.embed_tokens' of type Embedding"),
+    (GiftConfig(r=4, target_modules=["input_layernorm"]), ValueError, r"of type LlamaRMSNorm"),
+    (GiftConfig(r=4, target_modules=["q_proj", "down_proj"], sharing="all"), ValueError, r"different in_features"),
+])
+def test_bad_targets_leave_model_untouched(config, exc, match):
+    base = tiny_llama()
+    snap = snapshot(base)
+    with pytest.raises(exc, match=match):
+        get_peft_model(base, config)
+    assert_untouched(base, snap)
+
+
+def test_no_default_targets_for_unknown_model():
+    base = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match=r"target_modules is required"):
+        get_peft_model(base, GiftConfig(r=2))
+    assert all(isinstance(m, (nn.Sequential, nn.Linear, nn.ReLU)) for m in base.modules())
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+
+
+def test_failed_add_adapter_leaves_existing_adapter_alone():
+    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
+    randomise_theta(model)
+    out = model_output(model, text_inputs())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"different in_features"):
+        model.add_adapter("bad", GiftConfig(r=2, target_modules=["q_proj", "down_proj"], sharing="all"))
+    assert "bad" not in model.base_model.gift_phi and "bad" not in model.peft_config
+    assert model.state_dict().keys() == state.keys()
+    torch.testing.assert_close(model_output(model, text_inputs()), out, rtol=0, atol=0)
+
+
+def test_add_existing_adapter_name_reinitialises_nothing():
+    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
+    randomise_theta(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"default.*already"):
+        model.add_adapter("default", GiftConfig(r=4))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+# ---- tampered adapter folders: PeftModel.from_pretrained raises and the base model is untouched --------------------
+FILE_CASES = {
+    "wrong_shape": (dict(tensors=lambda s: {**s, THETA_Q: torch.zeros(3, 3)}), r"has shape \(3, 3\) in the file, the model expects \(64, 4\)"),
+    "transposed": (dict(tensors=lambda s: {**s, THETA_Q: s[THETA_Q].T.contiguous()}), r"has shape \(4, 64\) in the file"),
+    "missing_tensor": (dict(tensors=lambda s: {k: v for k, v in s.items() if k != THETA_Q}), r"missing Θ tensors \['base_model.gift_phi.default.model-layers-self_attn-q_proj'\]"),
+    "extra_theta_group": (dict(tensors=lambda s: {**s, "base_model.gift_phi.model-layers-mlp-up_proj": torch.zeros(64, 4)}), r"unexpected tensors \['base_model.gift_phi.model-layers-mlp-up_proj'\]"),
+    "extra_base_weight": (dict(tensors=lambda s: {**s, "base_model.model.lm_head.weight": torch.zeros(128, 64)}), r"unexpected tensors \['base_model.model.lm_head.weight'\]"),
+    "nan": (dict(tensors=lambda s: {**s, THETA_Q: torch.full_like(s[THETA_Q], float("nan"))}), r"self_attn-q_proj contains NaN or infinite values"),
+    "inf": (dict(tensors=lambda s: {**s, THETA_Q: s[THETA_Q].index_fill(0, torch.tensor([3]), float("inf"))}), r"contains NaN or infinite values"),
+    "int_dtype": (dict(tensors=lambda s: {**s, THETA_Q: torch.ones(64, 4, dtype=torch.int32)}), r"has dtype torch.int32 in the file"),
+    "empty_file": (dict(tensors=lambda s: {"unrelated": torch.zeros(1)}), r"missing Θ tensors"),
+    "config_r_mismatch": (dict(config=lambda c: c.update(r=8)), r"the model expects \(64, 8\) \(r=8"),
+    "config_sharing_mismatch": (dict(config=lambda c: c.update(sharing="layer")), r"missing Θ tensors.*model-layers-0-self_attn-q_proj.*unexpected tensors"),
+    "config_targets_mismatch": (dict(config=lambda c: c.update(target_modules=["q_proj", "k_proj", "v_proj"])), r"missing Θ tensors.*k_proj"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_tampered_adapter_file(good_folder, tmp_path, case):
+    kwargs, match = FILE_CASES[case]
+    load_fails(tampered(good_folder, tmp_path, **kwargs), match)
+
+
+def test_config_targets_absent_from_model(good_folder, tmp_path):
+    folder = tampered(good_folder, tmp_path, config=lambda c: c.update(target_modules=["nonexistent_proj"]))
+    load_fails(folder, r"nonexistent_proj.*not found")
+
+
+def test_truncated_safetensors(good_folder, tmp_path):
+    def truncate(folder):
+        path = os.path.join(folder, "adapter_model.safetensors")
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+
+    load_fails(tampered(good_folder, tmp_path, files=truncate), r"(?i)incomplete|invalid|deserializ", exc=Exception)
+
+
+def test_unknown_peft_type(good_folder, tmp_path):
+    folder = tampered(good_folder, tmp_path, config=lambda c: c.update(peft_type="GIFTX"))
+    load_fails(folder, r"GIFTX", exc=Exception)
+
+
+def test_missing_adapter_config(good_folder, tmp_path):
+    folder = tampered(good_folder, tmp_path, files=lambda f: os.remove(os.path.join(f, "adapter_config.json")))
+    load_fails(folder, r"adapter_config.json", exc=Exception)
+
+
+def _to_pickle(folder):
+    state = load_file(os.path.join(folder, "adapter_model.safetensors"))
+    os.remove(os.path.join(folder, "adapter_model.safetensors"))
+    torch.save(state, os.path.join(folder, "adapter_model.bin"))
+
+
+def test_pickle_only_folder_is_refused(good_folder, tmp_path):
+    load_fails(tampered(good_folder, tmp_path, files=_to_pickle), r"only a pickle adapter_model.bin.*safetensors only")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_never_unpickled(good_folder, tmp_path):
+    marker = str(tmp_path / "executed")
+
+    def evil(folder):
+        os.remove(os.path.join(folder, "adapter_model.safetensors"))
+        torch.save({"x": _Payload(marker)}, os.path.join(folder, "adapter_model.bin"))
+
+    folder = tampered(good_folder, tmp_path, files=evil)
+    load_fails(folder, r"only a pickle adapter_model.bin")
+    assert not os.path.exists(marker)
+
+
+def test_peft_fallback_uses_weights_only(tmp_path):
+    """Outside peft-gift's guard (e.g. a Hub repo without safetensors), PEFT reads .bin with weights_only=True: a
+    code-carrying pickle is refused without running it."""
+    from peft.utils.save_and_load import load_peft_weights
+
+    marker = str(tmp_path / "executed")
+    torch.save({"x": _Payload(marker)}, tmp_path / "adapter_model.bin")
+    with pytest.raises(Exception, match=r"Weights only load failed"):
+        load_peft_weights(str(tmp_path), device="cpu")
+    assert not os.path.exists(marker)
+
+
+def test_load_adapter_failure_removes_half_created_adapter(good_folder, tmp_path):
+    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
+    randomise_theta(model, seed=5)
+    out = model_output(model, text_inputs())
+    keys = set(model.state_dict())
+    folder = tampered(good_folder, tmp_path, tensors=lambda s: {**s, THETA_Q: torch.full_like(s[THETA_Q], float("nan"))})
+    with pytest.raises(ValueError, match=r"Cannot load GIFT adapter 'second'.*NaN"):
+        model.load_adapter(folder, adapter_name="second")
+    assert "second" not in model.peft_config and "second" not in model.base_model.gift_phi
+    assert all("second" not in layer.gift_group for layer in model.modules() if isinstance(layer, GiftLayer))
+    assert set(model.state_dict()) == keys and model.active_adapter == "default"
+    torch.testing.assert_close(model_output(model, text_inputs()), out, rtol=0, atol=0)
+    model.load_adapter(good_folder, adapter_name="second")  # the name is free again and a good file loads
+
+
+def test_lofit_pickle_only_folder_is_refused(tmp_path):
+    model = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 1)]))
+    model.save_pretrained(tmp_path / "lofit")
+    _to_pickle(str(tmp_path / "lofit"))
+    load_fails(str(tmp_path / "lofit"), r"loads LOFIT adapters from adapter_model.safetensors only")
+
+
+def test_good_folder_still_loads(good_folder):
+    """Control: the untampered folder loads, so the failures above come from the tampering."""
+    model = PeftModel.from_pretrained(tiny_llama(), good_folder)
+    assert isinstance(model.base_model, peft_gift.GiftModel)
