@@ -848,6 +848,7 @@ def _run_lofit(model, prep, cfg, out: Path, seed: int, log):
     except ValueError as e:
         raise ConfigError(f"LoFiT head selection failed: {e}") from None
     log(f"LoFiT selected {len(heads)} heads: {heads}")
+    m1.save_pretrained(out / "stage1_adapter")  # the scales behind the selection (head maps, re-selection)
     cfg2 = peft_gift.lofit_stage2_config(cfg1, heads, **(method.get("stage2") or {}))
     del m1, model
     set_seed(seed)

@@ -203,6 +203,11 @@ def test_causal_lm_mc_lofit_two_stage(assets, tmp_path):
     assert {"accuracy", "acc_norm"} <= set(res["after"])
     saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert saved["mode"] == "bias" and len(saved["heads"]) == 3
+    import peft_gift
+
+    stage1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(assets / "llama")),
+                                       str(out / "stage1_adapter"))
+    assert peft_gift.select_heads(stage1, k=3) == [tuple(h) for h in s2["heads"]]  # the saved scales chose them
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(assets / "llama")), str(out / "adapter"))
     again = _reevaluate(res, model)
     assert again["accuracy"] == pytest.approx(res["after"]["accuracy"])
