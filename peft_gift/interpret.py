@@ -186,7 +186,7 @@ def _selected_gift_layers(model, layers, adapter_name) -> tuple[str, dict[str, G
 
 def _unmerged_weight(layer: GiftLayer) -> torch.Tensor:
     """The original frozen W of a GIFT layer in (out, in) layout, float64 (recovered exactly if adapters are merged)."""
-    return layer._unmerged_weight64().detach()
+    return layer.unmerged_weight().detach()
 
 
 def cluster_vectors(

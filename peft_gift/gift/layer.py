@@ -63,7 +63,7 @@ class GiftLayer(BaseTunerLayer):
         weight = self.get_base_weight()
         return weight.T if self.fan_in_fan_out else weight
 
-    def _unmerged_weight64(self) -> torch.Tensor:
+    def unmerged_weight(self) -> torch.Tensor:
         """The original W (out×in, float64), recovered from the merged weight by Woodbury if needed:
         W = W'(I + UV)⁻¹ = W' − (W'U)(I_R + VU)⁻¹V."""
         weight = self._weight_as_out_in().double()
@@ -80,7 +80,7 @@ class GiftLayer(BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW_a = s_a · (W φ_a) ψ_a for the unmerged W, in the base layer's weight layout and dtype."""
-        weight = self._unmerged_weight64()
+        weight = self.unmerged_weight()
         u, v = self._low_rank_factors([adapter_name])
         delta = (weight @ u) @ v
         delta = delta.T if self.fan_in_fan_out else delta
@@ -93,7 +93,7 @@ class GiftLayer(BaseTunerLayer):
         adapter_names = [name for name in adapter_names if name in self.gift_group]
         if not adapter_names:
             return
-        weight = self._unmerged_weight64()
+        weight = self.unmerged_weight()
         u, v = self._low_rank_factors(self.merged_adapters + adapter_names)
         merged = weight + (weight @ u) @ v
         if safe_merge and not torch.isfinite(merged).all():
@@ -108,7 +108,7 @@ class GiftLayer(BaseTunerLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
-        self._write_weight(self._unmerged_weight64())
+        self._write_weight(self.unmerged_weight())
         self.merged_adapters = []
 
     # ---- forward -----------------------------------------------------------------------------------------------
