@@ -138,3 +138,16 @@ def test_accelerate_launch(tmp_path):
     for method in ("gift", "lofit"):
         _, _, rank_diff, ref_diff = _compare(out, method, "accelerate")
         assert rank_diff == 0.0 and ref_diff <= ATOL
+
+
+@pytest.mark.slow
+def test_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2` (rendezvous from the environment) with DDP and FSDP2."""
+    out = str(tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+          "--master_port", str(30500 + os.getpid() % 1000), SCRIPT,
+          "--method", "gift,lofit-bias", "--strategy", "ddp,fsdp2", "--reference", "--out", out])
+    for method in ("gift", "lofit-bias"):
+        for strategy in ("ddp", "fsdp2"):
+            _, _, rank_diff, ref_diff = _compare(out, method, strategy)
+            assert rank_diff == 0.0 and ref_diff <= ATOL
