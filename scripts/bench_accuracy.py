@@ -574,7 +574,7 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="glue,lm", help="glue (MiniLM on SST-2/RTE/MRPC) and/or lm (SmolLM2 ARC-Easy)")
     p.add_argument("--tasks", default=None, help=f"GLUE tasks (default {','.join(GLUE_TASKS)})")
     p.add_argument("--methods", default=None, help="restrict the methods of the selected parts")
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", default=None, help="comma list (default 0,1; 0 with --quick)")
     p.add_argument("--epochs", type=int, default=3, help="GLUE epochs (every method; LoFiT stage 1 adds 1)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lm-train", type=int, default=96, help="ARC-Easy training questions")
@@ -589,6 +589,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads or a.quick:
         torch.set_num_threads(a.threads or 1)
+    a.seeds = a.seeds or ("0" if a.quick else "0,1")
     import warnings
 
     warnings.filterwarnings("ignore")

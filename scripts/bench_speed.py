@@ -458,6 +458,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def profile(kind: str, methods: list[str], quick: bool, out: Path, name: str, log) -> None:
+    """torch.profiler on one training step per method (after a warm-up step): where the time goes."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    import peft_gift  # noqa: F401
+
+    spec = model_spec(kind, quick)
+    base = build_base(spec)
+    batch = make_batch(spec)
+    lines = [f"# Profile of one training step, {spec['name']}, batch {spec['batch']}x{spec['seq']}, "
+             f"{torch.get_num_threads()} thread(s)", ""]
+    for m in methods:
+        r = Runner(m, base, spec, batch)
+        r.step()
+        log(f"[profile] {m} ...")
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            r.step()
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+        lines += [f"## {m}: total self CPU {total:.0f} ms", "", "```",
+                  prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40),
+                  "```", ""]
+        del r
+    (out / f"{name}_profile_{kind}.md").write_text("\n".join(lines))
+    log(f"wrote {out / (name + '_profile_' + kind + '.md')}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 rounds (smoke test)")
@@ -470,6 +496,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="speed", help="output file stem")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: 1 with --quick, else torch's default = cores)")
+    p.add_argument("--profile", action="store_true", help="only profile one step of each method (torch.profiler)")
     p.add_argument("--_memory-child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.threads or a.quick:
@@ -492,6 +519,11 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if a.profile:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        for kind in [k for k in a.models.split(",") if k]:
+            profile(kind, methods, a.quick, Path(a.out), a.name, log)
+        return 0
     t0 = time.time()
     report = {"quick": a.quick, "reps": reps, "machine": machine(),
               "command": "python scripts/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -1,0 +1,104 @@
+"""Smoke tests of the benchmark scripts' --quick modes: tiny random models, synthetic data, no assets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench_speed():
+    return _load("bench_speed")
+
+
+@pytest.fixture(scope="module")
+def bench_accuracy():
+    return _load("bench_accuracy")
+
+
+def test_speed_quick(tmp_path, bench_speed):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert bench_speed.main(["--quick", "--no-memory", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "speed.json").read_text())
+    md = (tmp_path / "speed.md").read_text()
+    assert report["quick"] is True and set(report["models"]) == {"lm", "enc"}
+    for kind, res in report["models"].items():
+        methods = res["methods"]
+        assert set(methods) == set(bench_speed.METHODS)
+        assert methods["floor"]["trainable_params"] == 0
+        assert methods["full"]["trainable_params"] == res["total_params"]
+        # GIFT with one shared Θ (sharing="all") has half the parameters of per-module Θ on q,v (both d_in = hidden)
+        assert methods["gift_all"]["trainable_params"] < methods["gift_module"]["trainable_params"]
+        for m, r in methods.items():
+            assert r["step"]["n"] == 2 and r["step"]["min_s"] <= r["step"]["median_s"] <= r["step"]["max_s"]
+            assert r["step_vs_floor"] > 0
+        for m in bench_speed.PEFT_METHODS:
+            assert methods[m]["file_bytes"] > 0 and methods[m]["merge_s"] >= 0
+            assert methods[m]["merge_max_abs_diff"] < 1e-3, m  # merged == unmerged outputs
+            assert methods[m]["infer_merged_vs_base"] > 0 and methods[m]["infer_unmerged_vs_base"] > 0
+        names = [t["target"] for t in res["targets"]]
+        assert "gift_module step ≤ 1.10× LoRA" in names and "lofit_bias step ≤ 1.03× floor" in names
+        assert res["model"] in md
+    assert "| gift_module |" in md and "| target | measured | met |" in md
+
+
+def test_speed_memory_child(bench_speed):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        mem = bench_speed.memory_child("enc", "lora", quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert mem["peak_rss_mib"] > 0 and mem["peak_delta_mib"] >= 0
+
+
+def test_accuracy_quick(tmp_path, bench_accuracy):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert bench_accuracy.main(["--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    rows = {(r["part"], r["method"]): r for r in report["rows"]}
+    for m in bench_accuracy.GLUE_METHODS:
+        assert ("glue", m) in rows, m
+    for m in bench_accuracy.LM_METHODS:
+        assert ("lm", m) in rows, m
+    for r in report["rows"]:
+        assert 0.0 <= r["accuracy_mean"] <= 1.0
+    # parameter ordering that the plot relies on
+    assert rows[("glue", "linear_probe")]["trainable_params"] < rows[("glue", "lora")]["trainable_params"]
+    assert rows[("glue", "full")]["trainable_params"] > rows[("glue", "gift_r32")]["trainable_params"]
+    assert rows[("glue", "lofit")]["trainable_params"] == rows[("glue", "lofit_random")]["trainable_params"]
+    assert rows[("lm", "zero_shot")]["trainable_params"] == 0
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "| gift_r8 |" in md and "| lofit_random |" in md
+    png = tmp_path / "accuracy_vs_params.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second start resumes: every run is already in the runs file, nothing is trained again
+    n = len((tmp_path / "accuracy_runs.jsonl").read_text().splitlines())
+    assert bench_accuracy.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "accuracy_runs.jsonl").read_text().splitlines()) == n
