@@ -1,15 +1,16 @@
 """Model cards and Hub publishing for GIFT / LoFiT adapters.
 
-Loading a GIFT or LoFiT adapter needs ``import peft_gift`` first (PEFT has no plugin discovery), so every card written
-for such an adapter says how: ``pip install peft-gift``, ``import peft_gift`` and a ``PeftModel.from_pretrained``
-snippet. ``install()`` (called by ``import peft_gift``) hooks two PeftModel methods, acting only when an adapter of
-the model is GIFT or LoFiT:
+Loading a GIFT or LoFiT adapter needs ``import peft_gift`` first (PEFT has no plugin discovery), so the card of such
+an adapter should say how: ``pip install peft-gift``, ``import peft_gift`` and a ``PeftModel.from_pretrained``
+snippet. PEFT's ``save_pretrained`` card already carries ``library_name: peft`` and the ``gift`` / ``lofit`` tag (the
+tuners add it to the base model's tags); two explicit functions add the rest (peft-gift patches no PEFT method):
 
-* ``create_or_update_model_card`` (run by ``save_pretrained``): adds the tags ``peft`` and ``gift`` / ``lofit`` and a
-  "How to load" section (once; an edited card keeps its text).
-* ``push_to_hub``: transformers 5's generic ``PushToHubMixin.push_to_hub`` replaces the README written by PEFT's
-  ``save_pretrained`` with a plain transformers card (``library_name: transformers``, no adapter tags). For our
-  adapters it instead starts from the repository's existing card (if any), lets ``save_pretrained`` update it, and
+* `write_model_card(model, folder)`: adds the tags ``peft`` and ``gift`` / ``lofit`` and a "How to load" section to
+  ``folder/README.md`` (once; an edited card keeps its text).
+* `push_to_hub(model, repo_id)`: use it instead of ``model.push_to_hub``. transformers 5's generic
+  ``PushToHubMixin.push_to_hub`` (which ``PeftModel.push_to_hub`` is) replaces the README written by PEFT's
+  ``save_pretrained`` with a plain transformers card (``library_name: transformers``, no adapter tags, for LoRA too).
+  This one starts from the repository's existing card (if any), runs ``save_pretrained`` + `write_model_card`, and
   uploads the folder with one ``HfApi.upload_folder`` commit.
 """
 
@@ -75,8 +76,9 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
     ])
 
 
-def add_loading_section(model, output_dir: str, repo_id: Optional[str] = None) -> None:
-    """Add the plugin tags and (if absent) the loading section to ``output_dir/README.md``."""
+def write_model_card(model, output_dir: str, repo_id: Optional[str] = None) -> None:
+    """Add the plugin tags and (if absent) the loading section to ``output_dir/README.md`` (the card PEFT's
+    ``save_pretrained`` wrote, or a new one). Does nothing for models without a GIFT / LoFiT adapter."""
     from huggingface_hub import ModelCard, ModelCardData
 
     types = plugin_peft_types(model)
@@ -95,7 +97,7 @@ def add_loading_section(model, output_dir: str, repo_id: Optional[str] = None) -
         lines = text.splitlines()
         # after the title line when there is one, else at the top
         at = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), 0)
-        section = loading_instructions(model, repo_id or getattr(model, "_peft_gift_repo_id", None))
+        section = loading_instructions(model, repo_id)
         text = "\n".join(lines[:at] + ["", section] + lines[at:])
     card.text = text
     card.save(path)
@@ -121,6 +123,8 @@ def push_to_hub(
 
     from . import __version__
 
+    if not plugin_peft_types(model):
+        raise ValueError("peft_gift.push_to_hub is for models with a GIFT or LoFiT adapter; use model.push_to_hub")
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("peft-gift publishes adapters as safetensors only; drop safe_serialization=False")
     save_kwargs.pop("max_shard_size", None)  # adapters are small: never sharded
@@ -131,11 +135,8 @@ def push_to_hub(
             ModelCard.load(repo_id, token=token).save(os.path.join(tmp, "README.md"))
         except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
             pass
-        model.__dict__["_peft_gift_repo_id"] = repo_id
-        try:
-            model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
-        finally:
-            model.__dict__.pop("_peft_gift_repo_id", None)
+        model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
+        write_model_card(model, tmp, repo_id)
         if tags:
             card = ModelCard.load(os.path.join(tmp, "README.md"))
             card.data.tags = list(card.data.tags or []) + [t for t in tags if t not in (card.data.tags or [])]
@@ -146,28 +147,3 @@ def push_to_hub(
             repo_id=repo_id, folder_path=tmp, commit_message=commit_message or "Upload GIFT/LoFiT adapter",
             commit_description=commit_description, token=token, revision=revision, create_pr=create_pr,
         )
-
-
-def install() -> None:
-    """Hook PeftModel's card writer and push_to_hub (idempotent; other PEFT methods are left as they were)."""
-    from peft import PeftModel
-
-    if getattr(PeftModel, "_peft_gift_hub_installed", False):
-        return
-    original_card = PeftModel.create_or_update_model_card
-    original_push = PeftModel.push_to_hub
-
-    def create_or_update_model_card(self, output_dir: str):
-        original_card(self, output_dir)
-        add_loading_section(self, output_dir)
-
-    def peft_push_to_hub(self, repo_id: str, *args, **kwargs):
-        if plugin_peft_types(self):
-            return push_to_hub(self, repo_id, *args, **kwargs)
-        return original_push(self, repo_id, *args, **kwargs)
-
-    create_or_update_model_card.__doc__ = original_card.__doc__
-    peft_push_to_hub.__doc__ = original_push.__doc__
-    PeftModel.create_or_update_model_card = create_or_update_model_card
-    PeftModel.push_to_hub = peft_push_to_hub
-    PeftModel._peft_gift_hub_installed = True

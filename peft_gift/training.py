@@ -756,6 +756,9 @@ def _train(model, prep, training: dict, out: Path, seed: int, stage: str) -> flo
 
 
 def run(cfg: dict, output_dir: str | None = None, push_to_hub: str | None = None, log=print) -> dict:
+    from .hub import plugin_peft_types, write_model_card
+    from .hub import push_to_hub as peft_gift_push_to_hub
+
     """Run one job from a validated config; write the adapter/model and results.json; return the results dict."""
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
@@ -809,6 +812,9 @@ def run(cfg: dict, output_dir: str | None = None, push_to_hub: str | None = None
     is_peft = method["name"] in PEFT_METHODS
     save_dir = out / ("adapter" if is_peft else "model")
     model.save_pretrained(str(save_dir))
+    plugin_adapter = bool(plugin_peft_types(model))
+    if plugin_adapter:
+        write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
     if task.tokenizer is not None and not is_peft:
         task.tokenizer.save_pretrained(str(save_dir))
     results["saved_to"] = str(save_dir)
@@ -820,7 +826,7 @@ def run(cfg: dict, output_dir: str | None = None, push_to_hub: str | None = None
     log(f"wrote {save_dir} and {out / 'results.json'}")
     if push_to_hub:
         try:
-            model.push_to_hub(push_to_hub)
+            peft_gift_push_to_hub(model, push_to_hub) if plugin_adapter else model.push_to_hub(push_to_hub)
             log(f"pushed to https://huggingface.co/{push_to_hub}")
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"push_to_hub({push_to_hub!r}) failed ({str(e).splitlines()[0][:160]}); the results are "
@@ -901,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set training.num_train_epochs=3 --set method.r=32")
     p.add_argument("--output-dir", default=None, help="where to write (default: outputs/<config name>)")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the adapter with PEFT's push_to_hub")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the adapter (peft_gift.push_to_hub for GIFT/LoFiT, else PEFT's push_to_hub)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

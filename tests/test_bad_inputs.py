@@ -1,8 +1,9 @@
 """Bad inputs: each gives an error that names the problem, and the model is left exactly as it was.
 
 Covers configs, targets and tampered adapter folders (wrong shapes, missing / extra tensors, NaN / inf / int values,
-a config that does not match the file, a truncated file, pickle-only folders). Adapters are read from safetensors
-only (peft_gift.safe_load); PEFT's own fallback for `adapter_model.bin` uses torch.load(weights_only=True).
+a config that does not match the file, a truncated file, pickle folders). Mismatching adapter files are refused by the
+tuners' checked loading (peft_gift._checked_load), which rolls the adapter back; PEFT's own fallback for
+`adapter_model.bin` uses torch.load(weights_only=True), so a code-carrying pickle is never executed.
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def tampered(good_folder, tmp_path, tensors=None, config=None, files=None) -> st
     return folder
 
 
-def load_fails(folder, match, exc=ValueError):
+def load_fails(folder, match, exc=ValueError, untouched=True):
     base = tiny_llama()
     snap = snapshot(base)
     with pytest.raises(exc, match=match):
         PeftModel.from_pretrained(base, folder)
-    assert_untouched(base, snap)
+    if untouched:
+        assert_untouched(base, snap)
 
 
 # ---- configs -------------------------------------------------------------------------------------------------------
@@ -157,16 +159,16 @@ def test_add_existing_adapter_name_reinitialises_nothing():
 FILE_CASES = {
     "wrong_shape": (dict(tensors=lambda s: {**s, THETA_Q: torch.zeros(3, 3)}), r"has shape \(3, 3\) in the file, the model expects \(64, 4\)"),
     "transposed": (dict(tensors=lambda s: {**s, THETA_Q: s[THETA_Q].T.contiguous()}), r"has shape \(4, 64\) in the file"),
-    "missing_tensor": (dict(tensors=lambda s: {k: v for k, v in s.items() if k != THETA_Q}), r"missing Θ tensors \['base_model.gift_phi.default.model-layers-self_attn-q_proj'\]"),
+    "missing_tensor": (dict(tensors=lambda s: {k: v for k, v in s.items() if k != THETA_Q}), r"missing tensors \['base_model.gift_phi.default.model-layers-self_attn-q_proj'\]"),
     "extra_theta_group": (dict(tensors=lambda s: {**s, "base_model.gift_phi.model-layers-mlp-up_proj": torch.zeros(64, 4)}), r"unexpected tensors \['base_model.gift_phi.model-layers-mlp-up_proj'\]"),
     "extra_base_weight": (dict(tensors=lambda s: {**s, "base_model.model.lm_head.weight": torch.zeros(128, 64)}), r"unexpected tensors \['base_model.model.lm_head.weight'\]"),
     "nan": (dict(tensors=lambda s: {**s, THETA_Q: torch.full_like(s[THETA_Q], float("nan"))}), r"self_attn-q_proj contains NaN or infinite values"),
     "inf": (dict(tensors=lambda s: {**s, THETA_Q: s[THETA_Q].index_fill(0, torch.tensor([3]), float("inf"))}), r"contains NaN or infinite values"),
     "int_dtype": (dict(tensors=lambda s: {**s, THETA_Q: torch.ones(64, 4, dtype=torch.int32)}), r"has dtype torch.int32 in the file"),
-    "empty_file": (dict(tensors=lambda s: {"unrelated": torch.zeros(1)}), r"missing Θ tensors"),
-    "config_r_mismatch": (dict(config=lambda c: c.update(r=8)), r"the model expects \(64, 8\) \(r=8"),
-    "config_sharing_mismatch": (dict(config=lambda c: c.update(sharing="layer")), r"missing Θ tensors.*model-layers-0-self_attn-q_proj.*unexpected tensors"),
-    "config_targets_mismatch": (dict(config=lambda c: c.update(target_modules=["q_proj", "k_proj", "v_proj"])), r"missing Θ tensors.*k_proj"),
+    "empty_file": (dict(tensors=lambda s: {"unrelated": torch.zeros(1)}), r"missing tensors"),
+    "config_r_mismatch": (dict(config=lambda c: c.update(r=8)), r"\(r=8, sharing=.module.\).*the model expects \(64, 8\)"),
+    "config_sharing_mismatch": (dict(config=lambda c: c.update(sharing="layer")), r"missing tensors.*model-layers-0-self_attn-q_proj.*unexpected tensors"),
+    "config_targets_mismatch": (dict(config=lambda c: c.update(target_modules=["q_proj", "k_proj", "v_proj"])), r"missing tensors.*k_proj"),
 }
 
 
@@ -182,12 +184,15 @@ def test_config_targets_absent_from_model(good_folder, tmp_path):
 
 
 def test_truncated_safetensors(good_folder, tmp_path):
+    """A file that cannot be read fails inside PEFT after the layers were injected (before our checks can run): the
+    error is clear, but like PEFT's own tuners the passed base model then holds the injected layers."""
     def truncate(folder):
         path = os.path.join(folder, "adapter_model.safetensors")
         data = open(path, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
 
-    load_fails(tampered(good_folder, tmp_path, files=truncate), r"(?i)incomplete|invalid|deserializ", exc=Exception)
+    load_fails(tampered(good_folder, tmp_path, files=truncate), r"(?i)incomplete|invalid|deserializ", exc=Exception,
+               untouched=False)
 
 
 def test_unknown_peft_type(good_folder, tmp_path):
@@ -206,8 +211,20 @@ def _to_pickle(folder):
     torch.save(state, os.path.join(folder, "adapter_model.bin"))
 
 
-def test_pickle_only_folder_is_refused(good_folder, tmp_path):
-    load_fails(tampered(good_folder, tmp_path, files=_to_pickle), r"only a pickle adapter_model.bin.*safetensors only")
+def test_pickle_only_folder_loads_only_plain_tensors(good_folder, tmp_path):
+    """PEFT reads a folder with only adapter_model.bin through torch.load(weights_only=True): plain tensors load and
+    are checked like safetensors ones (a NaN pickle is refused and rolled back)."""
+    expected = model_output(PeftModel.from_pretrained(tiny_llama(), good_folder), text_inputs())
+    loaded = PeftModel.from_pretrained(tiny_llama(), tampered(good_folder, tmp_path / "ok", files=_to_pickle))
+    torch.testing.assert_close(model_output(loaded, text_inputs()), expected, rtol=0, atol=0)
+
+    def nan_pickle(folder):
+        state = load_file(os.path.join(folder, "adapter_model.safetensors"))
+        state[THETA_Q] = torch.full_like(state[THETA_Q], float("nan"))
+        save_file(state, os.path.join(folder, "adapter_model.safetensors"))
+        _to_pickle(folder)
+
+    load_fails(tampered(good_folder, tmp_path / "nan", files=nan_pickle), r"contains NaN")
 
 
 class _Payload:
@@ -226,13 +243,12 @@ def test_malicious_pickle_is_never_unpickled(good_folder, tmp_path):
         torch.save({"x": _Payload(marker)}, os.path.join(folder, "adapter_model.bin"))
 
     folder = tampered(good_folder, tmp_path, files=evil)
-    load_fails(folder, r"only a pickle adapter_model.bin")
+    load_fails(folder, r"Weights only load failed", exc=Exception, untouched=False)
     assert not os.path.exists(marker)
 
 
 def test_peft_fallback_uses_weights_only(tmp_path):
-    """Outside peft-gift's guard (e.g. a Hub repo without safetensors), PEFT reads .bin with weights_only=True: a
-    code-carrying pickle is refused without running it."""
+    """PEFT reads .bin with weights_only=True: a code-carrying pickle is refused without running it."""
     from peft.utils.save_and_load import load_peft_weights
 
     marker = str(tmp_path / "executed")
@@ -257,11 +273,24 @@ def test_load_adapter_failure_removes_half_created_adapter(good_folder, tmp_path
     model.load_adapter(good_folder, adapter_name="second")  # the name is free again and a good file loads
 
 
-def test_lofit_pickle_only_folder_is_refused(tmp_path):
-    model = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 1)]))
+@pytest.mark.parametrize("case", ["nan", "missing", "extra_base_weight"])
+def test_tampered_lofit_file_is_refused_and_rolled_back(tmp_path, case):
+    model = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 1), (1, 2)], init_std=0.1))
     model.save_pretrained(tmp_path / "lofit")
-    _to_pickle(str(tmp_path / "lofit"))
-    load_fails(str(tmp_path / "lofit"), r"loads LOFIT adapters from adapter_model.safetensors only")
+    path = tmp_path / "lofit" / "adapter_model.safetensors"
+    state = load_file(path)
+    key = sorted(state)[0]
+    if case == "nan":
+        state[key] = torch.full_like(state[key], float("nan"))
+        match = r"Cannot load LoFiT adapter 'default'.*contains NaN"
+    elif case == "missing":
+        del state[key]
+        match = r"missing tensors"
+    else:
+        state["base_model.model.lm_head.weight"] = torch.zeros(128, 64)
+        match = r"unexpected tensors \['base_model.model.lm_head.weight'\]"
+    save_file(state, path)
+    load_fails(str(tmp_path / "lofit"), match)
 
 
 def test_good_folder_still_loads(good_folder):

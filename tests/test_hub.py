@@ -111,7 +111,7 @@ def front_matter(readme: str) -> dict:
 @pytest.mark.parametrize("make,peft_type,tag", [(gift_model, "GIFT", "gift"), (lofit_model, "LOFIT", "lofit")])
 def test_push_uploads_config_safetensors_and_card(hub, make, peft_type, tag):
     model = make()
-    model.push_to_hub("me/adapter")
+    peft_gift.push_to_hub(model, "me/adapter")
     files = sorted(os.listdir(hub.repo_dir("me/adapter")))
     assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert [c[0] for c in hub.calls] == ["create_repo", "card_load", "upload_folder"]
@@ -137,7 +137,7 @@ def test_push_uploads_config_safetensors_and_card(hub, make, peft_type, tag):
 def test_card_snippet_loads_the_pushed_adapter(hub):
     """Execute the card's code block against the stand-in repository: it must rebuild the same model."""
     model = gift_model()
-    model.push_to_hub("me/adapter")
+    peft_gift.push_to_hub(model, "me/adapter")
     repo = hub.repo_dir("me/adapter")
     readme = open(os.path.join(repo, "README.md")).read()
     snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
@@ -158,12 +158,12 @@ def test_card_snippet_loads_the_pushed_adapter(hub):
 
 def test_repush_keeps_existing_card_text_and_extra_tags(hub):
     model = gift_model()
-    model.push_to_hub("me/adapter")
+    peft_gift.push_to_hub(model, "me/adapter")
     path = os.path.join(hub.repo_dir("me/adapter"), "README.md")
     card = ModelCard.load(path)
     card.text = card.text + "\n## My results\n\nAccuracy 0.93 on my data.\n"
     card.save(path)
-    model.push_to_hub("me/adapter", tags=["my-tag"], commit_message="second")
+    peft_gift.push_to_hub(model, "me/adapter", tags=["my-tag"], commit_message="second")
     readme = open(path).read()
     assert "Accuracy 0.93 on my data." in readme
     assert readme.count("## How to load this adapter") == 1
@@ -171,23 +171,34 @@ def test_repush_keeps_existing_card_text_and_extra_tags(hub):
     assert hub.calls[-1] == ("upload_folder", "me/adapter", "second", None)
 
 
-def test_save_pretrained_card_has_instructions(tmp_path):
-    gift_model().save_pretrained(tmp_path)
+def test_save_pretrained_card_is_tagged_and_write_model_card_adds_instructions(tmp_path):
+    model = gift_model()
+    model.save_pretrained(tmp_path)
+    readme = open(tmp_path / "README.md").read()
+    meta = front_matter(readme)
+    assert meta["library_name"] == "peft" and "gift" in meta["tags"]  # PEFT's own card carries our tag
+    peft_gift.write_model_card(model, str(tmp_path))
+    peft_gift.write_model_card(model, str(tmp_path))  # idempotent
     readme = open(tmp_path / "README.md").read()
     assert "import peft_gift" in readme and "pip install peft-gift" in readme
+    assert readme.count("## How to load this adapter") == 1
     assert {"peft", "gift"} <= set(front_matter(readme)["tags"])
 
 
 def test_push_refuses_pickle(hub):
     with pytest.raises(ValueError, match="safetensors only"):
-        gift_model().push_to_hub("me/adapter", safe_serialization=False)
+        peft_gift.push_to_hub(gift_model(), "me/adapter", safe_serialization=False)
     assert hub.calls == []  # refused before any Hub call
 
 
 def test_other_peft_methods_untouched(tmp_path):
-    """LoRA keeps PEFT's own card and push path (no peft-gift section)."""
+    """LoRA keeps PEFT's own card and push path: peft-gift patches nothing and refuses non-plugin models."""
     model = get_peft_model(base(), LoraConfig(r=2, target_modules=["q_proj"]))
     model.save_pretrained(tmp_path)
     readme = open(tmp_path / "README.md").read()
     assert "peft_gift" not in readme and "gift" not in front_matter(readme).get("tags", [])
     assert peft_gift.hub.plugin_peft_types(model) == []
+    peft_gift.write_model_card(model, str(tmp_path))
+    assert open(tmp_path / "README.md").read() == readme
+    with pytest.raises(ValueError, match="GIFT or LoFiT"):
+        peft_gift.push_to_hub(model, "me/lora")

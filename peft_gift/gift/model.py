@@ -11,6 +11,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resol
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .._checked_load import check_adapter_state_dict, remember_base_state
 from ..mixed_batch import adapter_names_hooks
 from .config import GiftConfig
 from .layer import GiftLayer, Linear
@@ -215,51 +216,15 @@ class GiftModel(BaseTuner):
                 if param.dtype in (torch.float16, torch.bfloat16):
                     params[group] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
 
-    # ---- loading: refuse adapter files that do not match the model instead of loading part of them ---------------
+    # ---- loading: refuse adapter files that do not match instead of loading part of them ----------------------
+    def _pre_injection_hook(self, model: nn.Module, config: GiftConfig, adapter_name: str) -> None:
+        remember_base_state(self, model)
+
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        """PEFT's key remapping, then checks before anything is copied: every Θ tensor of the adapter is present, has
-        the expected shape and finite values, and the file holds nothing else (apart from modules_to_save /
-        trainable-token tensors). PEFT itself only warns about missing keys and ignores or copies unknown ones."""
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        own = model.state_dict()
-
-        def is_theta(key: str, adapter: Optional[str] = None) -> bool:
-            parts = key.split(".")
-            for i, part in enumerate(parts[:-1]):
-                if part in ("gift_phi", "gift_psi"):
-                    return adapter is None or parts[i + 1] == adapter
-            return False
-
-        expected = {k: v for k, v in own.items() if is_theta(k, adapter_name)}
-        problems = []
-        missing = sorted(set(expected) - set(remapped))
-        if missing:
-            problems.append(f"missing Θ tensors {missing}")
-        unexpected = sorted(
-            k for k in remapped
-            if k not in expected and not (k in own and (".modules_to_save." in k or "trainable_tokens_" in k))
-        )
-        if unexpected:
-            problems.append(
-                f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} (a GIFT adapter file "
-                f"holds only base_model.gift_phi.<group> / base_model.gift_psi.<group> and modules_to_save)"
-            )
-        for key in sorted(set(expected) & set(remapped)):
-            value, want = remapped[key], expected[key]
-            if tuple(value.shape) != tuple(want.shape):
-                problems.append(f"{key} has shape {tuple(value.shape)} in the file, the model expects "
-                                f"{tuple(want.shape)} (r={config.r}, sharing={config.sharing!r})")
-            elif not value.is_floating_point():
-                problems.append(f"{key} has dtype {value.dtype} in the file; Θ must be floating point")
-            elif not torch.isfinite(value).all():
-                problems.append(f"{key} contains NaN or infinite values")
-        if problems:
-            raise ValueError(
-                f"Cannot load GIFT adapter {adapter_name!r}: the adapter file does not match its adapter_config.json "
-                f"and this model: " + "; ".join(problems) + "."
-            )
-        return remapped
+        what = f"GIFT adapter {adapter_name!r} (r={config.r}, sharing={config.sharing!r})"
+        return check_adapter_state_dict(model, adapter_name, remapped, what)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

@@ -14,6 +14,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _ExcludedModule,
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .._checked_load import check_adapter_state_dict, remember_base_state
 from ..mixed_batch import adapter_names_hooks
 from .config import TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING, LofitConfig
 from .layer import Linear, LofitLayer
@@ -235,6 +236,16 @@ class LofitModel(BaseTuner):
             if adapter_name not in self.active_adapters:
                 new_module.requires_grad_(False)
             self._replace_module(parent, target_name, new_module, target)
+
+    def _pre_injection_hook(self, model: nn.Module, config: LofitConfig, adapter_name: str) -> None:
+        remember_base_state(self, model)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """PEFT's key remapping, then refuse a file that does not match the adapter (see peft_gift._checked_load)."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        what = f"LoFiT adapter {adapter_name!r} (mode={config.mode!r}, heads={config.heads})"
+        return check_adapter_state_dict(model, adapter_name, remapped, what)
 
     def _post_injection_hook(self, model: nn.Module, config: LofitConfig, adapter_name: str) -> None:
         add_tags = getattr(model, "add_model_tags", None)
