@@ -75,8 +75,8 @@ class GiftModel(BaseTuner):
             peft_config.target_modules = list(self.target_module_mapping[model_type])
         return peft_config
 
-    def _planned_targets(self, model: nn.Module, config: GiftConfig) -> dict[str, list[tuple[str, int]]]:
-        """Group → [(module name, in_features)] for every module this config will adapt; raises before any change."""
+    def _check_targets(self, model: nn.Module, config: GiftConfig) -> None:
+        """Raise before any change if a module this config targets is unsupported or a Θ group mixes in_features."""
         groups: dict[str, list[tuple[str, int]]] = {}
         for name, module in model.named_modules():
             if not name or name.endswith(".base_layer") or ".base_layer." in name:
@@ -99,7 +99,6 @@ class GiftModel(BaseTuner):
                     f"GiftConfig.sharing={config.sharing!r} shares one Θ between modules with different in_features: "
                     f"{clash}. Use sharing='module' or 'layer', or target modules of equal in_features."
                 )
-        return groups
 
     def inject_adapter(
         self,
@@ -113,7 +112,7 @@ class GiftModel(BaseTuner):
             if container not in self._modules:
                 setattr(self, container, nn.ModuleDict())
         config = self._prepare_adapter_config(self.peft_config[adapter_name], self.get_model_config(model))
-        self._planned_targets(model, config)  # validates everything before the model is touched
+        self._check_targets(model, config)
         try:
             super().inject_adapter(
                 model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
@@ -130,25 +129,21 @@ class GiftModel(BaseTuner):
             base.add_model_tags(["gift"])
 
     # ---- Θ management -------------------------------------------------------------------------------------------
-    def _get_or_create_theta(self, adapter_name: str, group: str, config: GiftConfig, like: torch.Tensor) -> None:
+    def _get_or_create_theta(self, adapter_name: str, group: str, config: GiftConfig, in_features: int,
+                             weight: torch.Tensor) -> None:
+        """Allocate Θ of (adapter, group) on the base weight's device and dtype the first time a layer needs it."""
         for container in (self.gift_phi, self.gift_psi):
             if adapter_name not in container:
                 container[adapter_name] = nn.ParameterDict()
         phi_dict, psi_dict = self.gift_phi[adapter_name], self.gift_psi[adapter_name]
         if group in phi_dict:
             return
-        in_features = like.shape[1]
-        dtype = like.dtype if like.dtype.is_floating_point else torch.float32
-        phi = torch.empty(in_features, config.r, dtype=torch.float32, device=like.device)
-        psi = torch.empty(config.r, in_features, dtype=torch.float32, device=like.device)
-        if like.device.type != "meta":
-            # nn.Linear's default init: U(±1/sqrt(fan_in)); φ maps r → d_in, ψ maps d_in → r
-            if config.init == "gift":
-                nn.init.kaiming_uniform_(phi, a=math.sqrt(5))
-                nn.init.zeros_(psi)
-            else:
-                nn.init.zeros_(phi)
-                nn.init.kaiming_uniform_(psi, a=math.sqrt(5))
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        phi = torch.zeros(in_features, config.r, dtype=torch.float32, device=weight.device)
+        psi = torch.zeros(config.r, in_features, dtype=torch.float32, device=weight.device)
+        if weight.device.type != "meta":
+            # nn.Linear's default init, U(±1/sqrt(fan_in)), for the factor that is not zero
+            nn.init.kaiming_uniform_(phi if config.init == "gift" else psi, a=math.sqrt(5))
         phi_dict[group] = nn.Parameter(phi.to(dtype))
         psi_dict[group] = nn.Parameter(psi.to(dtype))
 
@@ -172,8 +167,7 @@ class GiftModel(BaseTuner):
         base = target.get_base_layer() if isinstance(target, GiftLayer) else target
         in_features, _ = _get_in_out_features(base)
         weight = base.weight if hasattr(base, "weight") else next(base.parameters())
-        like = torch.empty(0, in_features, dtype=weight.dtype, device=weight.device)
-        self._get_or_create_theta(adapter_name, group, peft_config, like)
+        self._get_or_create_theta(adapter_name, group, peft_config, in_features, weight)
         if isinstance(target, GiftLayer):
             target.update_layer(adapter_name, group, peft_config.scaling, peft_config.dropout)
             return
