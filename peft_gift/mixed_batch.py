@@ -1,8 +1,12 @@
-"""Mixed-adapter batches (``model(..., adapter_names=[...])``): one adapter per sample, ``"__base__"`` for none.
+"""The forward of our tuner layers, and mixed-adapter batches (``model(..., adapter_names=[...])``).
 
-PEFT offers this only for LoRA/RoAd. `PeftModel.forward`/`generate` hand ``adapter_names`` to the tuner's
-``_enable_peft_forward_hooks``; ours injects it into every tuner layer's forward via a pre-forward hook, and the
-layers apply each adapter to its own sub-batch (see `samples_per_adapter`).
+GIFT and LoFiT layers both edit the *input* of their frozen base layer (GIFT: x + s·φ(ψx); LoFiT: per-head scale and
+offset) and implement ``edit_input(x, adapter_names)``; `forward_with_edited_input` is their common forward.
+
+Mixed batches pick one adapter per sample, ``"__base__"`` for none (PEFT offers this only for LoRA/RoAd).
+`PeftModel.forward`/`generate` hand ``adapter_names`` to the tuner's ``_enable_peft_forward_hooks``; ours
+(`adapter_names_hooks`) injects it into every tuner layer's forward via a pre-forward hook, and the layer edits each
+adapter's sub-batch with that adapter only.
 """
 
 from __future__ import annotations
@@ -62,3 +66,20 @@ def samples_per_adapter(adapter_names: Sequence[str], batch_size: int, device) -
         if name != BASE:
             groups.setdefault(name, []).append(index)
     return {name: torch.tensor(idx, device=device) for name, idx in groups.items()}
+
+
+def forward_with_edited_input(layer, x: torch.Tensor, *args, adapter_names=None, **kwargs) -> torch.Tensor:
+    """base_layer(edit(x)): the active adapters' edit, or per sample its own adapter's; the plain base layer when
+    adapters are disabled (unmerging first) or merged into the weights."""
+    if layer.disable_adapters:
+        if layer.merged:
+            layer.unmerge()
+        return layer.base_layer(x, *args, **kwargs)
+    if layer.merged:
+        return layer.base_layer(x, *args, **kwargs)
+    if adapter_names is None:
+        return layer.base_layer(layer.edit_input(x, layer.active_adapters), *args, **kwargs)
+    x = x.clone()
+    for name, index in samples_per_adapter(adapter_names, x.shape[0], x.device).items():
+        x[index] = layer.edit_input(x[index], [name])
+    return layer.base_layer(x, *args, **kwargs)

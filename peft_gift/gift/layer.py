@@ -10,7 +10,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..mixed_batch import samples_per_adapter
+from ..mixed_batch import forward_with_edited_input
 
 
 class GiftLayer(BaseTunerLayer):
@@ -120,17 +120,10 @@ class GiftLayer(BaseTunerLayer):
         scaling = self.gift_scaling[adapter_name]
         return delta * scaling if scaling != 1.0 else delta
 
-    def _adapted_input(self, x: torch.Tensor, adapter_names: Optional[list[str]] = None) -> torch.Tensor:
-        """x + Σ_a s_a φ_a(ψ_a dropout_a(x)) over the active adapters, returned in x's dtype. With
-        ``adapter_names`` (one per sample) each sample gets only its own adapter instead."""
-        if adapter_names is not None:
-            x = x.clone()
-            for name, index in samples_per_adapter(adapter_names, x.shape[0], x.device).items():
-                if name in self.gift_group:
-                    x[index] = x[index] + self._input_delta(x[index], name).to(x.dtype)
-            return x
+    def edit_input(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
+        """x + Σ_a s_a φ_a(ψ_a dropout_a(x)) over ``adapter_names`` (those this layer has), in x's dtype."""
         delta = None
-        for name in self.active_adapters:
+        for name in adapter_names:
             if name in self.gift_group:
                 d = self._input_delta(x, name)
                 delta = d if delta is None else delta + d
@@ -157,13 +150,7 @@ class Linear(nn.Module, GiftLayer):
         self.update_layer(adapter_name, group, scaling, dropout)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        return self.base_layer(self._adapted_input(x, adapter_names), *args, **kwargs)
+        return forward_with_edited_input(self, x, *args, adapter_names=adapter_names, **kwargs)
 
     def __repr__(self) -> str:
         return "gift." + super().__repr__()

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..mixed_batch import samples_per_adapter
+from ..mixed_batch import forward_with_edited_input
 
 # Below this |1 + A| a merged scale cannot be divided out accurately, so merging keeps a copy of the weight instead.
 _MIN_INVERTIBLE_SCALE = 1e-3
@@ -270,10 +270,9 @@ class Linear(nn.Module, LofitLayer):
             inference_mode=inference_mode,
         )
 
-    def edit_input(self, x: torch.Tensor, adapter_names=None) -> torch.Tensor:
-        """Apply the (active or given) adapters' head edits to the projection input ``x`` (..., in_features)."""
-        names = self.active_adapters if adapter_names is None else adapter_names
-        scale, offset = self._combined_edit(names)
+    def edit_input(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
+        """Apply the head edits of ``adapter_names`` to the projection input ``x`` (..., in_features)."""
+        scale, offset = self._combined_edit(adapter_names)
         if scale is None and offset is None:
             return x
         ref = scale if scale is not None else offset
@@ -286,18 +285,7 @@ class Linear(nn.Module, LofitLayer):
         return z.to(x.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        if adapter_names is None:
-            return self.base_layer(self.edit_input(x), *args, **kwargs)
-        x = x.clone()  # mixed-adapter batch: each sample gets only its own adapter
-        for name, index in samples_per_adapter(adapter_names, x.shape[0], x.device).items():
-            x[index] = self.edit_input(x[index], [name])
-        return self.base_layer(x, *args, **kwargs)
+        return forward_with_edited_input(self, x, *args, adapter_names=adapter_names, **kwargs)
 
     def __repr__(self) -> str:
         rep = super().__repr__()
