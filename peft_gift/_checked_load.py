@@ -14,12 +14,29 @@ import torch
 from peft.tuners.tuners_utils import _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
 
 
-def remember_base_state(tuner, model) -> None:
-    """Called from the tuner's `_pre_injection_hook`: what a failed first load must restore."""
-    tuner.__dict__["_base_state_before_injection"] = (
-        {id(p): p.requires_grad for p in model.parameters()},
-        list(getattr(model, "model_tags", None) or []),
-    )
+class CheckedLoading:
+    """Mixin placed before ``BaseTuner`` in our tuners' bases: records the base model's state before the first
+    injection and checks every adapter file in PEFT's ``_remap_adapter_state_dict_for_load`` hook. Subclasses name
+    the method (``method_name``) and the config fields that explain a shape mismatch (``_describe_config``)."""
+
+    method_name: str
+
+    def _pre_injection_hook(self, model, config, adapter_name: str) -> None:
+        super()._pre_injection_hook(model, config, adapter_name)
+        self.__dict__["_base_state_before_injection"] = (  # what a failed first load must restore
+            {id(p): p.requires_grad for p in model.parameters()},
+            list(getattr(model, "model_tags", None) or []),
+        )
+
+    @classmethod
+    def _describe_config(cls, config) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        what = f"{cls.method_name} adapter {adapter_name!r} ({cls._describe_config(config)})"
+        return check_adapter_state_dict(model, adapter_name, remapped, what)
 
 
 def _roll_back(peft_model, adapter_name: str) -> None:

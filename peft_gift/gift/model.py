@@ -11,7 +11,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resol
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .._checked_load import check_adapter_state_dict, remember_base_state
+from .._checked_load import CheckedLoading
 from ..mixed_batch import adapter_names_hooks
 from .config import GiftConfig
 from .layer import GiftLayer, Linear
@@ -48,7 +48,7 @@ def _is_supported(base: nn.Module) -> bool:
     return backend is not None and getattr(backend, "layer_type", None) == "linear"
 
 
-class GiftModel(BaseTuner):
+class GiftModel(CheckedLoading, BaseTuner):
     """PEFT tuner for GIFT: each targeted linear layer computes Ŵx = W(x + Σ_a s_a φ_a(ψ_a x)), i.e.
     Ŵ = W(I + Σ_a s_a φ_a ψ_a), where Θ_a = (φ_a, ψ_a) is shared by all layers of a sharing group.
 
@@ -210,15 +210,11 @@ class GiftModel(BaseTuner):
                 if param.dtype in (torch.float16, torch.bfloat16):
                     params[group] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
 
-    # ---- loading: refuse adapter files that do not match instead of loading part of them ----------------------
-    def _pre_injection_hook(self, model: nn.Module, config: GiftConfig, adapter_name: str) -> None:
-        remember_base_state(self, model)
+    method_name = "GIFT"
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        what = f"GIFT adapter {adapter_name!r} (r={config.r}, sharing={config.sharing!r})"
-        return check_adapter_state_dict(model, adapter_name, remapped, what)
+    def _describe_config(cls, config: GiftConfig) -> str:
+        return f"r={config.r}, sharing={config.sharing!r}"
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _ExcludedModule,
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .._checked_load import check_adapter_state_dict, remember_base_state
+from .._checked_load import CheckedLoading
 from ..mixed_batch import adapter_names_hooks
 from .config import TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING, LofitConfig
 from .layer import Linear, LofitLayer
@@ -73,7 +73,7 @@ class _L1Hook:
         return output
 
 
-class LofitModel(BaseTuner):
+class LofitModel(CheckedLoading, BaseTuner):
     r"""LoFiT (localized fine-tuning) as a PEFT tuner.
 
     For every targeted attention output projection y = W_o z + b of layer l (z = heads concatenated), the input is
@@ -237,15 +237,11 @@ class LofitModel(BaseTuner):
                 new_module.requires_grad_(False)
             self._replace_module(parent, target_name, new_module, target)
 
-    def _pre_injection_hook(self, model: nn.Module, config: LofitConfig, adapter_name: str) -> None:
-        remember_base_state(self, model)
+    method_name = "LoFiT"
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        """PEFT's key remapping, then refuse a file that does not match the adapter (see peft_gift._checked_load)."""
-        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        what = f"LoFiT adapter {adapter_name!r} (mode={config.mode!r}, heads={config.heads})"
-        return check_adapter_state_dict(model, adapter_name, remapped, what)
+    def _describe_config(cls, config: LofitConfig) -> str:
+        return f"mode={config.mode!r}, heads={config.heads}"
 
     def _post_injection_hook(self, model: nn.Module, config: LofitConfig, adapter_name: str) -> None:
         add_tags = getattr(model, "add_model_tags", None)
