@@ -491,7 +491,7 @@ def markdown(report: dict) -> str:
         sizes = ", ".join(f"{t} {by[(t, methods[0])]['train_examples']}/{by[(t, methods[0])]['test_examples']}"
                           for t in tasks if (t, methods[0]) in by)
         lines += [f"train/test examples: {sizes}; epochs {prow[0]['epochs']}.", ""]
-        head = "| method | trainable params (head) | lr | " + " | ".join(tasks) + (" | mean |" if len(tasks) > 1 else "")
+        head = "| method | trainable params (head) | lr | " + " | ".join(tasks) + (" | mean |" if len(tasks) > 1 else " |")
         lines += [head, "|" + "---|" * (3 + len(tasks) + (1 if len(tasks) > 1 else 0))]
         for m in methods:
             cells, means = [], []
@@ -553,7 +553,7 @@ def machine() -> str:
                 name = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} (runs use --threads, see the command)"
 
 
 def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:

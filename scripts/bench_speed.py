@@ -484,6 +484,47 @@ def profile(kind: str, methods: list[str], quick: bool, out: Path, name: str, lo
     log(f"wrote {out / (name + '_profile_' + kind + '.md')}")
 
 
+def count_flops(kinds: list[str], methods: list[str], quick: bool, out: Path, name: str, log) -> dict:
+    """FLOPs of one training step per method (torch.utils.flop_counter: matmuls / attention only), a
+    contention-free complement to the wall-clock timings."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import peft_gift  # noqa: F401
+
+    res = {}
+    for kind in kinds:
+        spec = model_spec(kind, quick)
+        base = build_base(spec)
+        batch = make_batch(spec)
+        res[kind] = {"model": spec["name"], "methods": {}}
+        for m in methods:
+            log(f"[flops] {kind} {m} ...")
+            r = Runner(m, base, spec, batch)
+            with FlopCounterMode(display=False) as fc:
+                r.step()
+            res[kind]["methods"][m] = {"train_step_flops": fc.get_total_flops()}
+            with FlopCounterMode(display=False) as fc:
+                r.infer()
+            res[kind]["methods"][m]["infer_flops"] = fc.get_total_flops()
+            del r
+        f = res[kind]["methods"]
+        for m in f:
+            f[m]["vs_floor"] = f[m]["train_step_flops"] / f["floor"]["train_step_flops"] if "floor" in f else None
+            f[m]["vs_lora"] = f[m]["train_step_flops"] / f["lora"]["train_step_flops"] if "lora" in f else None
+    lines = ["# FLOPs of one training step (fwd + bwd) and one inference forward, torch.utils.flop_counter", ""]
+    for kind, r in res.items():
+        lines += [f"## {r['model']}", "", "| method | train step GFLOP | ×floor | ×LoRA | inference GFLOP |",
+                  "|---|---|---|---|---|"]
+        for m, v in r["methods"].items():
+            lines.append(f"| {m} | {v['train_step_flops'] / 1e9:.1f} | {_x(v['vs_floor'])} | {_x(v['vs_lora'])} | "
+                         f"{v['infer_flops'] / 1e9:.1f} |")
+        lines.append("")
+    (out / f"{name}_flops.json").write_text(json.dumps(res, indent=2))
+    (out / f"{name}_flops.md").write_text("\n".join(lines))
+    log(f"wrote {out / (name + '_flops.md')}")
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 rounds (smoke test)")
@@ -496,6 +537,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="speed", help="output file stem")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: 1 with --quick, else torch's default = cores)")
+    p.add_argument("--flops", action="store_true", help="only count the FLOPs of one step per method")
     p.add_argument("--profile", action="store_true", help="only profile one step of each method (torch.profiler)")
     p.add_argument("--_memory-child", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -519,6 +561,10 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if a.flops:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        count_flops([k for k in a.models.split(",") if k], methods, a.quick, Path(a.out), a.name, log)
+        return 0
     if a.profile:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         for kind in [k for k in a.models.split(",") if k]:
