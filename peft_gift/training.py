@@ -819,7 +819,7 @@ def run(cfg: dict, output_dir: str | None = None, push_to_hub: str | None = None
         task.tokenizer.save_pretrained(str(save_dir))
     results["saved_to"] = str(save_dir)
     results["wall_time_s"] = round(time.time() - t_start, 1)
-    results["machine"] = _machine()
+    results["machine"] = describe_machine(machine_info())
     results["config"] = cfg
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     log(markdown_table([results]))
@@ -870,13 +870,29 @@ def _run_lofit(model, prep, cfg, out: Path, seed: int, log):
     return m2, stages
 
 
-def _machine() -> str:
+def machine_info() -> dict:
+    """What a measurement ran on: CPU model, cores, torch threads, device and library versions."""
     import platform
 
+    import peft
     import torch
+    import transformers
 
-    dev = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
-    return f"{dev}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.system()} {platform.machine()}"
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    device = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
+    return {"device": device, "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version(), "os": f"{platform.system()} {platform.machine()}"}
+
+
+def describe_machine(info: dict) -> str:
+    return (f"{info['device']} ({info['cpu']}), {info['cores']} cores, {info['torch_threads']} torch thread(s), "
+            f"torch {info['torch']}, {info['os']}")
 
 
 def _fmt(v) -> str:

@@ -27,22 +27,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import platform
 import random
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from peft_gift.training import describe_machine, machine_info  # noqa: E402
 
 GLUE_TASKS = ("sst2", "rte", "mrpc")
 # (train, test) examples cut disjointly from the packaged validation split (872 / 277 / 408 rows)
@@ -545,20 +542,9 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    name = platform.processor() or "?"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__} (runs use --threads, see the command)"
-
-
 def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:
     runs = load_runs(out / "accuracy_runs.jsonl")
-    rep = {"quick": quick, "machine": machine(), "commands": f"`{command}`", "settings": {
+    rep = {"quick": quick, "machine": describe_machine(machine_info()), "commands": f"`{command}`", "settings": {
         "glue_sizes": GLUE_SIZES, "glue_max_length": GLUE_MAXLEN, "lr": LR, "lm_lr": LM_LR, "l1_lambda": L1_LAMBDA},
         "rows": aggregate(runs), "runs": runs}
     (out / "accuracy.json").write_text(json.dumps(rep, indent=2))

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from peft_gift.training import machine_info  # noqa: E402
 
 METHODS = ("floor", "gift_module", "gift_all", "lora", "vera", "ia3", "lofit_bias", "full")
 PEFT_METHODS = ("gift_module", "gift_all", "lora", "vera", "ia3", "lofit_bias")
@@ -394,21 +394,6 @@ def targets(res: dict) -> list[dict]:
 # output
 
 
-def machine() -> dict:
-    name = platform.processor() or ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import peft
-    import transformers
-
-    return {"cpu": name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version()}
-
-
 def _ms(r, key):
     v = r.get(key)
     return "—" if v is None else f"{1e3 * v['median_s']:.0f} ({1e3 * v['min_s']:.0f}–{1e3 * v['max_s']:.0f})"
@@ -571,7 +556,7 @@ def main(argv=None) -> int:
             profile(kind, methods, a.quick, Path(a.out), a.name, log)
         return 0
     t0 = time.time()
-    report = {"quick": a.quick, "reps": reps, "machine": machine(),
+    report = {"quick": a.quick, "reps": reps, "machine": machine_info(),
               "command": "python scripts/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "memory_method": "peak RSS growth (VmHWM after reset via /proc/self/clear_refs) over the first train step, "
                                "fresh process per method",
