@@ -184,11 +184,6 @@ def _selected_gift_layers(model, layers, adapter_name) -> tuple[str, dict[str, G
     return adapter_name, {name: found[name] for name in names}
 
 
-def _unmerged_weight(layer: GiftLayer) -> torch.Tensor:
-    """The original frozen W of a GIFT layer in (out, in) layout, float64 (recovered exactly if adapters are merged)."""
-    return layer.unmerged_weight().detach()
-
-
 def cluster_vectors(
     model: nn.Module, layers: Union[str, Sequence[str], None] = None, adapter_name: Optional[str] = None
 ) -> dict[str, torch.Tensor]:
@@ -215,7 +210,7 @@ def cluster_vectors(
     with torch.no_grad():
         for name, layer in selected.items():
             phi, _ = layer.theta(adapter_name)
-            weight = _unmerged_weight(layer)
+            weight = layer.unmerged_weight().detach()
             out[name] = (weight @ phi.detach().to(device=weight.device, dtype=torch.float64)).float()
     return out
 
@@ -251,7 +246,7 @@ def channel_scores(
         raise ValueError(f"`output` must be 'adapted' or 'base', got {output!r}.")
     centres = cluster_vectors(model, layers, adapter_name)
     adapter_name, selected = _selected_gift_layers(model, list(centres), adapter_name)
-    weights = {name: _unmerged_weight(layer) for name, layer in selected.items()} if output == "base" else {}
+    weights = {name: layer.unmerged_weight().detach() for name, layer in selected.items()} if output == "base" else {}
     captured: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str):

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -48,18 +48,12 @@ class LofitLayer(BaseTunerLayer):
         self._merge_records: dict[str, dict[str, Any]] = {}
 
         base = self.get_base_layer()
-        if isinstance(base, Conv1D):
-            in_features, out_features = base.weight.shape
-            self.fan_in_fan_out = True
-        elif isinstance(base, nn.Linear):
-            in_features, out_features = base.in_features, base.out_features
-            self.fan_in_fan_out = False
-        else:
+        if not isinstance(base, (nn.Linear, Conv1D)):
             raise ValueError(
                 f"LoFiT supports torch.nn.Linear and transformers Conv1D projections, got {type(base).__name__}."
             )
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features, self.out_features = _get_in_out_features(base)
+        self.fan_in_fan_out = isinstance(base, Conv1D)  # Conv1D stores its weight as (in, out)
 
     # ------------------------------------------------------------------ adapters
     def update_layer(
