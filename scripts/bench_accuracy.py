@@ -6,26 +6,29 @@
     python scripts/bench_accuracy.py --report-only         # rebuild accuracy.json/.md/.png from the runs file
     python scripts/bench_accuracy.py --quick --out /tmp/b  # tiny random models on synthetic data (smoke test)
 
-Every finished run is appended to ``<out>/accuracy_runs.jsonl`` and skipped when the script is started again with
-the same settings (so an interrupted study resumes). The report step aggregates the runs (mean ± std over seeds)
-into ``accuracy.json``, ``accuracy.md`` and ``docs/img/accuracy_vs_params.png`` (accuracy vs trainable parameters,
-log x; ``--plot`` to change where).
+A thin driver over the training CLI's pipeline (``peft_gift.recipes``): every run is a job config (model, task,
+method from the recipe method registry, data, TrainingArguments, seed) that is prepared, trained and evaluated by
+the same code as ``python scripts/train.py CONFIG.yaml`` — the config is stored with each run, so any number can be
+reproduced with the CLI. Every finished run is appended to ``<out>/accuracy_runs.jsonl`` and skipped when the script
+is started again with the same settings (so an interrupted study resumes). The report step aggregates the runs
+(mean ± std over seeds) into ``accuracy.json``, ``accuracy.md`` and ``docs/img/accuracy_vs_params.png``.
 
 GLUE part: all-MiniLM-L6-v2 (sequence classification, new linear head) on SST-2, RTE and MRPC. Only the GLUE
 validation sets install offline, so each is shuffled (seed 0) and split into disjoint train / test parts of the
-sizes in ``GLUE_SIZES``. Every method gets the same budget: the same examples, epochs, batch size, schedule and
-seed; learning rates are fixed per method (``LR``), GIFT's rank is the grid r ∈ {8, 32}. LoFiT: stage 1 learns a
-scale per head on all heads with an L1 penalty (1 epoch, extra), the top-K heads by ‖A‖ get offsets in stage 2
-(the same budget as the other methods); ``lofit_random`` trains stage 2 on K random heads (localisation check).
+sizes in ``GLUE_SIZES``. Every method gets the same budget: the same examples, epochs, batch size, schedule (AdamW,
+linear warm-up over 10% of the steps then linear decay, no weight decay) and seed; learning rates are fixed per
+method (``LR``), GIFT's rank is the grid r ∈ {8, 32}. LoFiT: stage 1 learns a scale per head on all heads with an L1
+penalty (1 epoch, extra), the top-K heads by ‖A‖ get offsets in stage 2 (the same budget as the other methods);
+``lofit_random`` trains stage 2 on K random heads (localisation check).
 
 LM part: SmolLM2-135M-Instruct on ARC-Easy multiple choice (answer-only SFT loss; accuracy = argmax of the summed
-answer log-likelihood), zero-shot vs GIFT vs LoRA vs LoFiT (selected heads) vs LoFiT (random heads, same K).
+answer log-likelihood, acc_norm = the same per character), zero-shot vs GIFT vs LoRA vs LoFiT (selected heads) vs
+LoFiT (random heads, same K).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -39,7 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peft_gift.training import describe_machine, machine_info  # noqa: E402
+from peft_gift import recipes  # noqa: E402
+from peft_gift.recipes.data import resolve_model  # noqa: E402
 
 GLUE_TASKS = ("sst2", "rte", "mrpc")
 # (train, test) examples cut disjointly from the packaged validation split (872 / 277 / 408 rows)
@@ -60,313 +64,153 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# data: lists of encoded examples
+# the jobs: one recipe config per (part, task, method, seed)
 
 
-@dataclasses.dataclass
-class ClsData:
-    train: list  # [{"input_ids": [...], "labels": int}]
-    test: list
-    pad_id: int
-    num_labels: int
+def geometry(model_path: str) -> tuple[int, int, list[str]]:
+    """(layers, heads per layer, the q/v projection names) of a model directory."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_path)
+    qv = ["q_proj", "v_proj"] if c.model_type in ("llama", "mistral", "qwen2", "gemma") else ["query", "value"]
+    return c.num_hidden_layers, c.num_attention_heads, qv
 
 
-@dataclasses.dataclass
-class MCData:
-    train: list  # [{"prompt": [...ids], "choices": [[...ids], ...], "label": int}]
-    test: list
-    pad_id: int
-    eos_id: int | None
-
-
-def glue_data(task: str, seed_data: int = 0) -> tuple[ClsData, str]:
-    from peft_gift import training
-
-    n_train, n_test = GLUE_SIZES[task]
-    cfg = training.validate_config({
-        "model": "minilm-l6", "task": "seq_cls", "method": "full",
-        "data": {"dataset": task, "train_split": "validation", "eval_split": "validation", "train_size": n_train,
-                 "eval_size": n_test, "seed": seed_data, "max_length": GLUE_MAXLEN[task]},
-    })
-    prep = training.prepare(cfg)
-    t = prep["task"]
-    enc = lambda ds: [{"input_ids": r["input_ids"], "labels": int(r["labels"])} for r in t.encode(ds)]  # noqa: E731
-    return ClsData(enc(prep["train"]), enc(prep["eval"]), t.tokenizer.pad_token_id, t.num_labels), prep["model_path"]
-
-
-def arc_data(n_train: int, n_test: int, max_length: int = 128) -> tuple[MCData, str]:
-    from peft_gift import training
-
-    cfg = training.validate_config({
-        "model": "smollm2-135m", "task": "causal_lm_mc", "method": "full",
-        "data": {"dataset": "arc_easy", "train_split": "train", "eval_split": "validation", "train_size": n_train,
-                 "eval_size": n_test, "seed": 0, "max_length": max_length},
-    })
-    prep = training.prepare(cfg)
-    t, cols = prep["task"], prep["columns"]
-    tok = t.tokenizer
-
-    def enc(ds):
-        rows = []
-        for r in ds:
-            prompt = tok(r[cols["prompt"]], add_special_tokens=True)["input_ids"]
-            choices = [tok(" " + str(c), add_special_tokens=False)["input_ids"] for c in r["choices"]]
-            rows.append({"prompt": prompt[-(max_length - 16):], "choices": [c[:15] for c in choices],
-                         "label": int(r[cols["label"]])})
-        return rows
-
-    return MCData(enc(prep["train"]), enc(prep["eval"]), tok.pad_token_id, tok.eos_token_id), prep["model_path"]
-
-
-def synthetic_cls(n_train: int, n_test: int, vocab: int, seed: int = 0) -> ClsData:
-    """Label = whether token 5 occurs more often than token 6 (learnable by a tiny model)."""
-    g = random.Random(seed)
-
-    def row():
-        ids = [g.randrange(7, vocab) for _ in range(g.randrange(6, 14))]
-        for _ in range(g.randrange(0, 4)):
-            ids[g.randrange(len(ids))] = g.choice((5, 6))
-        return {"input_ids": [1] + ids, "labels": int(ids.count(5) > ids.count(6))}
-
-    return ClsData([row() for _ in range(n_train)], [row() for _ in range(n_test)], 0, 2)
-
-
-def synthetic_mc(n_train: int, n_test: int, vocab: int, seed: int = 0) -> MCData:
-    """Prompt ends with token k; the right choice starts with token k+1 (a tiny model can learn it)."""
-    g = random.Random(seed)
-
-    def row():
-        k = g.randrange(10, vocab - 2)
-        label = g.randrange(3)
-        choices = [[g.randrange(10, vocab), g.randrange(10, vocab)] for _ in range(3)]
-        choices[label][0] = k + 1
-        return {"prompt": [1] + [g.randrange(10, vocab) for _ in range(5)] + [k], "choices": choices, "label": label}
-
-    return MCData([row() for _ in range(n_train)], [row() for _ in range(n_test)], 0, 2)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# batching, training, evaluation
-
-
-def cls_batches(rows, bs, pad_id, shuffle_seed=None):
-    idx = list(range(len(rows)))
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(idx)
-    for s in range(0, len(idx), bs):
-        chunk = [rows[i] for i in idx[s:s + bs]]
-        n = max(len(r["input_ids"]) for r in chunk)
-        ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.long)
-        for j, r in enumerate(chunk):
-            ids[j, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[j, : len(r["input_ids"])] = 1
-        yield {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in chunk])}
-
-
-def mc_train_batches(data: MCData, bs, shuffle_seed):
-    """Prompt + right answer (+ EOS); loss on the answer tokens only."""
-    idx = list(range(len(data.train)))
-    random.Random(shuffle_seed).shuffle(idx)
-    for s in range(0, len(idx), bs):
-        seqs = []
-        for i in idx[s:s + bs]:
-            r = data.train[i]
-            ans = r["choices"][r["label"]] + ([data.eos_id] if data.eos_id is not None else [])
-            seqs.append((r["prompt"] + ans, len(r["prompt"])))
-        n = max(len(q) for q, _ in seqs)
-        ids = torch.full((len(seqs), n), data.pad_id, dtype=torch.long)
-        labels = torch.full((len(seqs), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        for j, (q, p) in enumerate(seqs):
-            ids[j, : len(q)] = torch.tensor(q)
-            labels[j, p: len(q)] = torch.tensor(q[p:])
-            mask[j, : len(q)] = 1
-        yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def train(model, batches_fn, epochs: int, lr: float, seed: int, l1_model=None) -> dict:
-    """AdamW, linear warm-up (10%) and decay; returns the time and the number of steps."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    n_steps = epochs * sum(1 for _ in batches_fn(0))
-    warm = max(1, n_steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (n_steps - s) / max(1, n_steps - warm)))
-    model.train()
-    t0, step, losses = time.time(), 0, []
-    torch.manual_seed(seed)
-    for ep in range(epochs):
-        for batch in batches_fn(seed * 1000 + ep):
-            loss = model(**batch).loss  # LoFiT's scale adapters add their L1 term to the loss via a hook
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
-            step += 1
-    model.eval()
-    return {"train_time_s": round(time.time() - t0, 1), "steps": step,
-            "final_loss": round(float(np.mean(losses[-5:])), 4) if losses else None}
-
-
-@torch.no_grad()
-def eval_cls(model, data: ClsData) -> dict:
-    from peft_gift.training import accuracy, f1
-
-    model.eval()
-    preds, labels = [], []
-    for b in cls_batches(data.test, 64, data.pad_id):
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        preds += logits.argmax(-1).tolist()
-        labels += b["labels"].tolist()
-    return {"accuracy": accuracy(np.array(preds), np.array(labels)),
-            "f1": f1(np.array(preds), np.array(labels), data.num_labels)}
-
-
-@torch.no_grad()
-def eval_mc(model, data: MCData, bs: int = 16) -> dict:
-    """Pick the choice with the highest summed log-likelihood (``accuracy``) or per-token mean (``acc_norm``)."""
-    model.eval()
-    items = [(qi, ci, r["prompt"] + c, len(r["prompt"])) for qi, r in enumerate(data.test)
-             for ci, c in enumerate(r["choices"])]
-    order = sorted(range(len(items)), key=lambda i: -len(items[i][2]))
-    scores = {}
-    for s in range(0, len(order), bs):
-        chunk = [items[i] for i in order[s:s + bs]]
-        n = max(len(it[2]) for it in chunk)
-        ids = torch.full((len(chunk), n), data.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.long)
-        for j, it in enumerate(chunk):
-            ids[j, : len(it[2])] = torch.tensor(it[2])
-            mask[j, : len(it[2])] = 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1], -1)
-        tok = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        for j, (qi, ci, seq, p) in enumerate(chunk):
-            ll = float(tok[j, p - 1: len(seq) - 1].sum())
-            scores[(qi, ci)] = (ll, ll / max(1, len(seq) - p))
-    acc = np.mean([max(range(len(r["choices"])), key=lambda c: scores[(q, c)][0]) == r["label"]
-                   for q, r in enumerate(data.test)])
-    acc_n = np.mean([max(range(len(r["choices"])), key=lambda c: scores[(q, c)][1]) == r["label"]
-                     for q, r in enumerate(data.test)])
-    return {"accuracy": float(acc), "acc_norm": float(acc_n)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# methods
-
-
-def count(model) -> dict:
-    from peft_gift.training import param_counts
-
-    c = param_counts(model)
-    return {"trainable_params": c["trainable_params"], "head_params": c["head_params"],
-            "total_params": c["total_params"]}
-
-
-def qv_names(model) -> list[str]:
-    return ["q_proj", "v_proj"] if getattr(model.config, "model_type", "") == "llama" else ["query", "value"]
-
-
-def apply(model, method: str, task: str, lm: bool):
-    """Wrap/freeze ``model`` for a single-stage method."""
-    from peft import IA3Config, LoraConfig, VeraConfig, get_peft_model
-
-    import peft_gift
-    from peft_gift.training import apply_method
-
-    tt = "CAUSAL_LM" if lm else "SEQ_CLS"
-    if method.startswith("gift_r"):
-        cfg = peft_gift.GiftConfig(r=int(method[6:]), sharing="module", target_modules=qv_names(model), task_type=tt)
-        return get_peft_model(model, cfg)
-    if method == "lora":
-        return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=qv_names(model), task_type=tt))
-    if method == "vera":
-        return get_peft_model(model, VeraConfig(r=256, target_modules=qv_names(model), task_type=tt))
-    if method == "ia3":
-        return get_peft_model(model, IA3Config(task_type=tt))
-    if method in ("bitfit", "linear_probe", "full"):
-        return apply_method(model, {"name": method}, "seq_cls")
-    raise ValueError(method)
-
-
-def lofit_k(model) -> int:
-    n = model.config.num_hidden_layers * model.config.num_attention_heads
+def lofit_k(layers: int, heads: int) -> int:
+    n = layers * heads
     return max(2, round(0.03 * n)) if n >= 200 else max(2, round(0.1 * n))
 
 
-def random_heads(model, k: int, seed: int) -> list[tuple[int, int]]:
-    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
-    flat = random.Random(10_000 + seed).sample(range(L * H), k)
-    return sorted((i // H, i % H) for i in flat)
+def random_heads(layers: int, heads: int, k: int, seed: int) -> list[list[int]]:
+    flat = random.Random(10_000 + seed).sample(range(layers * heads), k)
+    return [list(divmod(i, heads)) for i in sorted(flat)]
 
 
-def lofit_stage2(model, heads, lm: bool):
-    import peft_gift
-    from peft import get_peft_model
+def method_entry(method: str, model_path: str, lrs: dict, seed: int) -> tuple[dict | None, float | None]:
+    """``(method mapping of the recipe registry, learning rate)``; ``(None, None)`` for the untrained model."""
+    layers, heads, qv = geometry(model_path)
+    if method == "zero_shot":
+        return None, None
+    if method.startswith("gift_r"):
+        return {"name": "gift", "r": int(method[6:]), "sharing": "module", "target_modules": qv}, lrs["gift"]
+    if method == "lora":
+        return {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": qv}, lrs["lora"]
+    if method == "vera":
+        return {"name": "vera", "r": 256, "target_modules": qv}, lrs["vera"]
+    if method == "ia3":
+        return {"name": "ia3"}, lrs["ia3"]
+    k = lofit_k(layers, heads)
+    stage2 = {"stage2": {"init_std": 1e-3}, "stage2_training": {"learning_rate": lrs["lofit_bias"]}}
+    if method == "lofit":
+        return {"name": "lofit", "k": k, "stage1": {"l1_lambda": L1_LAMBDA, "init_std": 1e-3},
+                "stage1_training": {"learning_rate": lrs["lofit_scale"], "num_train_epochs": 1}, **stage2}, \
+            lrs["lofit_bias"]
+    if method == "lofit_random":
+        return {"name": "lofit", "heads": random_heads(layers, heads, k, seed), **stage2}, lrs["lofit_bias"]
+    if method == "lp_ft":
+        return {"name": "lp_ft", "stage1_training": {"learning_rate": lrs["linear_probe"]},
+                "stage2_training": {"learning_rate": lrs["full"]}}, lrs["full"]
+    if method in ("bitfit", "linear_probe", "full"):
+        return {"name": method}, lrs[method]
+    raise ValueError(f"unknown method {method!r}")
 
-    cfg = peft_gift.LofitConfig(mode="bias", heads=[tuple(h) for h in heads], init_std=1e-3,
-                                task_type="CAUSAL_LM" if lm else "SEQ_CLS")
-    return get_peft_model(model, cfg)
+
+def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: float | None, epochs: int, bs: int,
+               eval_bs: int, seed: int) -> dict:
+    """The recipe config of one run: what ``python scripts/train.py`` would be given to reproduce it."""
+    return {"model": model_path, "task": task, "method": method or {"name": "full"}, "data": data, "seed": seed,
+            "training": {"num_train_epochs": epochs, "per_device_train_batch_size": bs,
+                         "per_device_eval_batch_size": eval_bs, "learning_rate": lr or 1e-3, "warmup_steps": 0.1,
+                         "lr_scheduler_type": "linear", "weight_decay": 0.0, "logging_steps": 1000,
+                         "disable_tqdm": True}}
+
+
+def run_job(cfg: dict, train: bool) -> dict:
+    """Prepare, (train,) evaluate through the recipe pipeline; the record fields the report aggregates."""
+    from transformers import set_seed
+
+    set_seed(cfg["seed"])
+    job = recipes.prepare(cfg)
+    set_seed(cfg["seed"])
+    model = job.task.load_model()
+    rec: dict = {}
+    if train:
+        model, stats = recipes.fit(model, job, out=None, log=log)
+        rec["train"] = {"train_time_s": round(stats["train_time_s"], 1)}
+        if "stages" in stats:
+            rec["stages"] = stats["stages"]
+            if "heads" in stats["stages"].get("stage2", {}):
+                rec["heads"] = stats["stages"]["stage2"]["heads"]
+        rec.update(recipes.param_counts(model))
+    else:
+        rec.update(recipes.param_counts(model) | {"trainable_params": 0, "head_params": 0})
+    rec["result"] = recipes.evaluate(model, job)
+    rec["train_examples"], rec["test_examples"] = len(job.train), len(job.eval)
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# one run
+# quick mode: tiny random models and synthetic data written to disk, run through the same pipeline
 
 
-def run_one(part: str, task: str, method: str, seed: int, load_model, data, epochs: int, lrs: dict,
-            bs: int, lm: bool) -> dict:
-    from transformers import set_seed
+def _word_tokenizer(vocab_size: int, bert: bool):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    import peft_gift
-    from peft import get_peft_model
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "</s>": 4, **{f"w{i}": i for i in range(5, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bert:
+        from tokenizers.processors import TemplateProcessing
 
-    batches = (lambda s: mc_train_batches(data, bs, s)) if lm else (lambda s: cls_batches(data.train, bs, data.pad_id, s))
-    evaluate = (lambda m: eval_mc(m, data)) if lm else (lambda m: eval_cls(m, data))
-    set_seed(seed)
-    model = load_model()
-    rec = {"part": part, "task": task, "method": method, "seed": seed, "epochs": epochs, "batch_size": bs,
-           "train_examples": len(data.train), "test_examples": len(data.test)}
-    t0 = time.time()
-    if method == "zero_shot":
-        rec.update(count(model) | {"trainable_params": 0, "head_params": 0})
-        rec["lr"] = None
-    elif method in ("lofit", "lofit_random"):
-        k = lofit_k(model)
-        rec["k"] = k
-        if method == "lofit":
-            m1 = get_peft_model(model, peft_gift.LofitConfig(
-                mode="scale", l1_lambda=L1_LAMBDA, init_std=1e-3, task_type="CAUSAL_LM" if lm else "SEQ_CLS"))
-            rec["stage1"] = train(m1, batches, 1, lrs["lofit_scale"], seed) | {"lr": lrs["lofit_scale"],
-                                                                              "epochs": 1} | count(m1)
-            heads = peft_gift.select_heads(m1, k=k)
-            del m1, model
-            set_seed(seed)
-            model = load_model()
-        else:
-            heads = random_heads(model, k, seed)
-        rec["heads"] = [list(h) for h in heads]
-        model = lofit_stage2(model, heads, lm)
-        rec["lr"] = lrs["lofit_bias"]
-        rec.update(count(model))
-        rec["train"] = train(model, batches, epochs, rec["lr"], seed)
-    elif method == "lp_ft":
-        model = apply(model, "linear_probe", task, lm)
-        rec["stage1"] = train(model, batches, epochs, lrs["linear_probe"], seed) | {"lr": lrs["linear_probe"]}
-        for p in model.parameters():
-            p.requires_grad_(True)
-        rec["lr"] = lrs["full"]
-        rec.update(count(model))
-        rec["train"] = train(model, batches, epochs, rec["lr"], seed)
-    else:
-        family = method.split("_r")[0] if method.startswith("gift_r") else method
-        model = apply(model, method, task, lm)
-        rec["lr"] = lrs[family]
-        rec.update(count(model))
-        rec["train"] = train(model, batches, epochs, rec["lr"], seed)
-    rec["result"] = evaluate(model)
-    rec["wall_s"] = round(time.time() - t0, 1)
-    return rec
+        tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                       sep_token="[SEP]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def quick_assets(root: Path, vocab: int = 64) -> dict:
+    """Tiny BERT / Llama checkpoints with word tokenizers and synthetic datasets under ``root``."""
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, LlamaConfig
+
+    g = random.Random(0)
+    torch.manual_seed(0)
+    bert = AutoModelForSequenceClassification.from_config(BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, num_labels=2))
+    bert.save_pretrained(root / "bert")
+    _word_tokenizer(vocab, bert=True).save_pretrained(root / "bert")
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=4))
+    llama.save_pretrained(root / "llama")
+    _word_tokenizer(vocab, bert=False).save_pretrained(root / "llama")
+
+    def cls_row():  # label = whether word w5 occurs more often than w6 (learnable by a tiny model)
+        ids = [g.randrange(7, vocab) for _ in range(g.randrange(6, 14))]
+        for _ in range(g.randrange(0, 4)):
+            ids[g.randrange(len(ids))] = g.choice((5, 6))
+        return {"sentence": " ".join(f"w{i}" for i in ids), "label": int(ids.count(5) > ids.count(6))}
+
+    def mc_row():  # the prompt ends with word k; the right choice starts with word k+1
+        k, label = g.randrange(10, vocab - 2), g.randrange(3)
+        choices = [[g.randrange(10, vocab), g.randrange(10, vocab)] for _ in range(3)]
+        choices[label][0] = k + 1
+        prompt = [g.randrange(10, vocab) for _ in range(5)] + [k]
+        return {"prompt": " ".join(f"w{i}" for i in prompt), "choices": [" ".join(f"w{i}" for i in c) for c in choices],
+                "label": label}
+
+    DatasetDict({"validation": Dataset.from_list([cls_row() for _ in range(128)])}).save_to_disk(root / "cls")
+    DatasetDict({"train": Dataset.from_list([mc_row() for _ in range(48)]),
+                 "validation": Dataset.from_list([mc_row() for _ in range(32)])}).save_to_disk(root / "mc")
+    return {"bert": str(root / "bert"), "llama": str(root / "llama"), "cls": str(root / "cls"), "mc": str(root / "mc")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one part
 
 
 def key_of(rec: dict) -> tuple:
@@ -380,63 +224,56 @@ def load_runs(path: Path) -> list[dict]:
 
 
 def run_part(part: str, args, runs_path: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
-
-    import peft_gift  # noqa: F401
 
     hf_logging.set_verbosity_error()
     done = {key_of(r) for r in load_runs(runs_path)}
     seeds = [int(s) for s in args.seeds.split(",")]
+    quick = quick_assets(runs_path.parent / "_quick_assets") if args.quick else None
     if part == "glue":
         tasks = args.tasks.split(",") if args.tasks else (["synthetic"] if args.quick else list(GLUE_TASKS))
         methods = args.methods.split(",") if args.methods else list(GLUE_METHODS)
+        plan = []
         for task in tasks:
             if args.quick:
-                from transformers import BertConfig
-
-                data = synthetic_cls(64, 64, 64)
-                cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, max_position_embeddings=32, num_labels=2)
-                load = lambda cfg=cfg: AutoModelForSequenceClassification.from_config(cfg)  # noqa: E731
+                model, data = quick["bert"], {"dataset": quick["cls"], "train_split": "validation",
+                                              "eval_split": "validation", "train_size": 64, "eval_size": 64,
+                                              "max_length": 32}
             else:
-                data, path = glue_data(task)
-                load = lambda path=path, n=data.num_labels: AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
-                    path, num_labels=n)
-            for seed in seeds:
-                for method in methods:
-                    rec_key = ("glue", task, method, seed, len(data.train), args.epochs)
-                    if rec_key in done:
-                        continue
-                    rec = run_one("glue", task, method, seed, load, data, args.epochs, LR, args.batch_size, lm=False)
-                    log(f"glue {task} seed {seed} {method}: {rec['result']} ({rec['trainable_params']:,} params, "
-                        f"{rec['wall_s']} s)")
-                    with runs_path.open("a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                model = "minilm-l6"
+                n_train, n_test = GLUE_SIZES[task]
+                data = {"dataset": task, "train_split": "validation", "eval_split": "validation",
+                        "train_size": n_train, "eval_size": n_test, "seed": 0, "max_length": GLUE_MAXLEN[task]}
+            plan += [(task, model, data, seed, m) for seed in seeds for m in methods]
+        settings = dict(task_name="seq_cls", epochs=args.epochs, bs=args.batch_size, eval_bs=64, lrs=LR)
     else:
         methods = args.methods.split(",") if args.methods else list(LM_METHODS)
         if args.quick:
-            from transformers import LlamaConfig
-
-            data = synthetic_mc(48, 32, 64)
-            cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-            load = lambda: AutoModelForCausalLM.from_config(cfg)  # noqa: E731
-            task = "synthetic_mc"
+            task, model, data = "synthetic_mc", quick["llama"], {"dataset": quick["mc"], "max_length": 32}
         else:
-            data, path = arc_data(args.lm_train, args.lm_test)
-            load = lambda: AutoModelForCausalLM.from_pretrained(path)  # noqa: E731
-            task = "arc_easy"
-        for seed in seeds[: args.lm_seeds]:
-            for method in methods:
-                rec_key = ("lm", task, method, seed, len(data.train), args.lm_epochs)
-                if rec_key in done:
-                    continue
-                rec = run_one("lm", task, method, seed, load, data, args.lm_epochs, LM_LR, 8, lm=True)
-                log(f"lm {task} seed {seed} {method}: {rec['result']} ({rec['trainable_params']:,} params, "
-                    f"{rec['wall_s']} s)")
-                with runs_path.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
+            task, model = "arc_easy", "smollm2-135m"
+            data = {"dataset": "arc_easy", "train_split": "train", "eval_split": "validation",
+                    "train_size": args.lm_train, "eval_size": args.lm_test, "seed": 0, "max_length": 128}
+        plan = [(task, model, data, seed, m) for seed in seeds[: args.lm_seeds] for m in methods]
+        settings = dict(task_name="causal_lm_mc", epochs=args.lm_epochs, bs=8, eval_bs=16, lrs=LM_LR)
+    for task, model, data, seed, method in plan:
+        n_train = data.get("train_size") or (48 if args.quick else None)
+        if (part, task, method, seed, n_train, settings["epochs"]) in done:
+            continue
+        model_path = resolve_model(model)
+        entry, lr = method_entry(method, model_path, settings["lrs"], seed)
+        cfg = job_config(model, settings["task_name"], data, entry, lr, settings["epochs"], settings["bs"],
+                         settings["eval_bs"], seed)
+        t0 = time.time()
+        rec = {"part": part, "task": task, "method": method, "seed": seed, "epochs": settings["epochs"],
+               "batch_size": settings["bs"], "lr": lr, "config": cfg, **run_job(cfg, train=entry is not None)}
+        if entry is not None and entry["name"] == "lofit":
+            rec["k"] = len(rec.get("heads", []))
+        rec["wall_s"] = round(time.time() - t0, 1)
+        log(f"{part} {task} seed {seed} {method}: {rec['result']} ({rec['trainable_params']:,} params, "
+            f"{rec['wall_s']} s)")
+        with runs_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -544,7 +381,7 @@ def plot(report: dict, path: Path) -> None:
 
 def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:
     runs = load_runs(out / "accuracy_runs.jsonl")
-    rep = {"quick": quick, "machine": describe_machine(machine_info()), "commands": f"`{command}`", "settings": {
+    rep = {"quick": quick, "machine": recipes.describe_machine(recipes.machine_info()), "commands": f"`{command}`", "settings": {
         "glue_sizes": GLUE_SIZES, "glue_max_length": GLUE_MAXLEN, "lr": LR, "lm_lr": LM_LR, "l1_lambda": L1_LAMBDA},
         "rows": aggregate(runs), "runs": runs}
     (out / "accuracy.json").write_text(json.dumps(rep, indent=2))

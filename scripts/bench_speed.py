@@ -40,7 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peft_gift.training import machine_info  # noqa: E402
+from peft_gift.recipes import apply_method, machine_info  # noqa: E402
+from peft_gift.recipes.tasks import TASKS  # noqa: E402
 
 METHODS = ("floor", "gift_module", "gift_all", "lora", "vera", "ia3", "lofit_bias", "full")
 PEFT_METHODS = ("gift_module", "gift_all", "lora", "vera", "ia3", "lofit_bias")
@@ -100,43 +101,35 @@ def lofit_heads(spec: dict) -> list[tuple[int, int]]:
     return sorted((i // n_heads, i % n_heads) for i in flat)
 
 
-def peft_config(method: str, spec: dict):
-    import peft
-    import peft_gift
-
-    task = "CAUSAL_LM" if spec["kind"] == "lm" else "SEQ_CLS"
+def method_config(method: str, spec: dict) -> dict:
+    """The method's entry in the recipe registry (``peft_gift.recipes.methods``), as a training config would give it."""
     qv = [spec["q"], spec["v"]]
-    if method in ("gift_module", "gift_all"):
-        return peft_gift.GiftConfig(r=64, sharing=method.split("_")[1], target_modules=qv, task_type=task)
-    if method == "lora":
-        return peft.LoraConfig(r=8, lora_alpha=16, target_modules=qv, task_type=task)
-    if method == "vera":
-        return peft.VeraConfig(r=256, target_modules=qv, task_type=task)
-    if method == "ia3":
-        return peft.IA3Config(task_type=task)  # PEFT's default targets: k, v and the MLP down projection
-    if method == "lofit_bias":
-        return peft_gift.LofitConfig(mode="bias", heads=lofit_heads(spec), init_std=1e-3, task_type=task)
-    raise ValueError(method)
+    return {
+        "gift_module": {"name": "gift", "r": 64, "sharing": "module", "target_modules": qv},
+        "gift_all": {"name": "gift", "r": 64, "sharing": "all", "target_modules": qv},
+        "lora": {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": qv},
+        "vera": {"name": "vera", "r": 256, "target_modules": qv},
+        "ia3": {"name": "ia3"},  # PEFT's default targets: k, v and the MLP down projection
+        "lofit_bias": {"name": "lofit", "heads": lofit_heads(spec), "stage2": {"init_std": 1e-3}},
+        "full": {"name": "full"},
+    }[method]
 
 
 def make_method(method: str, base, spec: dict):
-    """Return (model, list of trainable parameters). PEFT adapters get small random values (so that merging is
-    not a no-op and the merge check is meaningful); speed does not depend on the values."""
+    """Return (model, list of trainable parameters), built by the recipe method registry. PEFT adapters get small
+    random values (so that merging is not a no-op and the merge check is meaningful); speed does not depend on the
+    values."""
     model = copy.deepcopy(base)
     if method == "floor":
         return model, []
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model, [p for p in model.parameters()]
-    from peft import get_peft_model
-
-    model = get_peft_model(model, peft_config(method, spec))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad and "classifier" not in n:
-                p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * 1e-2)
+    task = TASKS["causal_lm_mc" if spec["kind"] == "lm" else "seq_cls"]
+    model = apply_method(model, method_config(method, spec), task)
+    if method in PEFT_METHODS:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if p.requires_grad and "classifier" not in n:
+                    p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * 1e-2)
     return model, [p for p in model.parameters() if p.requires_grad]
 
 

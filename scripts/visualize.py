@@ -33,8 +33,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import peft_gift  # noqa: E402,F401 - registers GIFT/LoFiT with PEFT
+import peft_gift  # noqa: E402 - registers GIFT/LoFiT with PEFT
 from peft_gift import interpret  # noqa: E402
+from peft_gift.recipes import render  # noqa: E402
 
 DEFAULT_TEXTS = [
     "The capital of France is Paris, and the capital of Italy is Rome.",
@@ -51,7 +52,13 @@ def _adapter_info(adapter_dir: Path) -> tuple[dict, dict[str, tuple]]:
     cfg_file = adapter_dir / "adapter_config.json"
     if not cfg_file.is_file():
         raise SystemExit(f"error: {adapter_dir} has no adapter_config.json (not a saved PEFT adapter directory)")
-    config = json.loads(cfg_file.read_text())
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"error: {cfg_file} is not valid JSON ({err}); re-save the adapter with save_pretrained") from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise SystemExit(f"error: {cfg_file} is not a PEFT adapter config (a JSON object with a 'peft_type'); "
+                         f"re-save the adapter with save_pretrained")
     shapes: dict[str, tuple] = {}
     weights = adapter_dir / "adapter_model.safetensors"
     if weights.is_file():
@@ -64,9 +71,16 @@ def _adapter_info(adapter_dir: Path) -> tuple[dict, dict[str, tuple]]:
 
 
 def _resolve_base(name: str) -> str:
-    from peft_gift import assets
+    """A base model asset name, local directory or Hub id → something ``from_pretrained`` loads, or a one-line exit."""
+    from peft_gift.recipes.config import ConfigError
+    from peft_gift.recipes.data import resolve_model
 
-    return assets.resolve_model(name)
+    if not isinstance(name, str) or not name.strip():
+        raise SystemExit(f"error: base model {name!r} is not a model name or path; pass --base-model")
+    try:
+        return resolve_model(name)
+    except ConfigError as err:
+        raise SystemExit(f"error: --base-model / base_model_name_or_path: {err}") from None
 
 
 def _head_labels(shapes: dict[str, tuple]) -> int | None:
@@ -93,7 +107,11 @@ def load_adapted(adapter_dir: Path, base: str | None):
     if not base:
         raise SystemExit(f"error: {adapter_dir}/adapter_config.json names no base model; pass --base-model")
     path = _resolve_base(base)
-    model_config = AutoConfig.from_pretrained(path)
+    try:
+        model_config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: base model {base!r} has no loadable config ({str(err).splitlines()[0][:160]}); "
+                         f"pass --base-model with an asset name, a save_pretrained() directory or a Hub id") from None
     num_labels = _head_labels(shapes)
     task = config.get("task_type")
     kw = {"num_labels": num_labels} if num_labels else {}
@@ -105,8 +123,16 @@ def load_adapted(adapter_dir: Path, base: str | None):
         cls = AutoModelForCausalLM
     else:
         cls = AutoModel
-    model = cls.from_pretrained(path, **kw).eval()
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    try:
+        model = cls.from_pretrained(path, **kw).eval()
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: could not load base model {path!r} as {cls.__name__} "
+                         f"({str(err).splitlines()[0][:160]}); pass the adapter's base model with --base-model") from None
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise SystemExit(f"error: {adapter_dir} does not load onto {path!r} ({str(err).splitlines()[0][:200]}); "
+                         f"check --base-model") from None
     tokenizer = None
     if getattr(model_config, "patch_size", None) is None:
         try:
@@ -136,13 +162,13 @@ def _run_config(adapter_dir: Path) -> dict | None:
 def _cifar10_images(n: int, adapter_dir: Path):
     """n CIFAR-10 images (PIL) with class names; when the adapter came from scripts/train.py, taken from its held-out
     evaluation split so that none was trained on."""
-    from peft_gift import assets
+    from peft_gift.recipes import assets
 
     run_cfg = _run_config(adapter_dir)
     ds = assets.load_dataset_asset("cifar10")
     source = "cifar10 test split (first images)"
     if run_cfg and str(run_cfg.get("data", {}).get("dataset")).lower() in ("cifar10", "cifar-10"):
-        from peft_gift.training import split_dataset
+        from peft_gift.recipes.data import split_dataset
 
         _, ds = split_dataset(ds, "cifar10", run_cfg["data"])
         source = "held-out evaluation split of the training run"
@@ -213,7 +239,7 @@ def gift_outputs(model, tokenizer, base_path: str, adapter_dir: Path, args, out:
         display = [np.asarray(im.resize((size, size)), dtype=np.float32) / 255.0 for im in images]
         for layer in chosen:
             path = out / f"gift_maps_{_safe(layer)}.png"
-            interpret.save_cluster_maps(
+            render.save_cluster_maps(
                 model, pixel_values, path, layer=layer, images=display, channels=args.channels, labels=labels,
                 cell_inches=args.cell_inches, dpi=args.dpi,
             )
@@ -238,7 +264,7 @@ def gift_outputs(model, tokenizer, base_path: str, adapter_dir: Path, args, out:
     for layer, s in scores.items():
         for ext in (".png", ".html"):
             path = out / f"gift_tokens_{_safe(layer)}{ext}"
-            interpret.save_text_channel_view(s, tokens, path, k=args.top_k, attention_mask=inputs["attention_mask"],
+            render.save_text_channel_view(s, tokens, path, k=args.top_k, attention_mask=inputs["attention_mask"],
                                              title=f"GIFT channels of {layer}", dpi=args.dpi)
             written.append(str(path))
     try:
@@ -262,7 +288,7 @@ def lofit_outputs(model, tokenizer, config: dict, selected, args, out: Path) -> 
         if selected is None and k is None:
             total = int(np.isfinite(interpret.lofit_head_score_grid(model)).sum())
             k = max(1, round(0.03 * total))
-        grid = interpret.save_lofit_head_map(model, path, selected=selected, k=k, dpi=args.dpi)
+        grid = render.save_lofit_head_map(model, path, selected=selected, k=k, dpi=args.dpi)
         np.save(out / "lofit_head_scores.npy", grid)
         written += [str(path), str(out / "lofit_head_scores.npy")]
         return written

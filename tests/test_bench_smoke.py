@@ -102,3 +102,35 @@ def test_accuracy_quick(tmp_path, bench_accuracy):
     n = len((tmp_path / "accuracy_runs.jsonl").read_text().splitlines())
     assert bench_accuracy.main(["--quick", "--out", str(tmp_path)]) == 0
     assert len((tmp_path / "accuracy_runs.jsonl").read_text().splitlines()) == n
+
+
+@pytest.mark.parametrize("part", ["glue", "lm"])
+def test_accuracy_benchmark_measures_what_the_cli_reports(tmp_path, bench_accuracy, part):
+    """A benchmark run is a CLI job: the same config through scripts/train.py gives the same metrics, and the saved
+    adapter re-evaluated by the benchmark's evaluator gives the CLI's numbers."""
+    import yaml
+    from peft import PeftModel
+
+    from peft_gift.recipes import cli
+
+    quick = bench_accuracy.quick_assets(tmp_path / "assets")
+    if part == "glue":
+        model, task, data, lrs = quick["bert"], "seq_cls", {"dataset": quick["cls"], "train_size": 32,
+                                                             "eval_size": 32, "max_length": 32}, bench_accuracy.LR
+    else:
+        model, task, data, lrs = quick["llama"], "causal_lm_mc", {"dataset": quick["mc"], "max_length": 32}, \
+            bench_accuracy.LM_LR
+    entry, lr = bench_accuracy.method_entry("lofit" if part == "lm" else "gift_r8", model, lrs, seed=0)
+    cfg = bench_accuracy.job_config(model, task, data, entry, lr, epochs=1, bs=8, eval_bs=16, seed=0)
+    bench = bench_accuracy.run_job(cfg, train=True)
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main([str(path), "--output-dir", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert bench["result"] == pytest.approx(results["after"], rel=1e-6)
+    assert bench["trainable_params"] == results["trainable_params"]
+
+    job = bench_accuracy.recipes.prepare(results["config"])
+    reloaded = PeftModel.from_pretrained(job.task.load_model(), str(tmp_path / "out" / "adapter"))
+    assert bench_accuracy.recipes.evaluate(reloaded, job) == pytest.approx(results["after"], rel=1e-5)

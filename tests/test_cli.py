@@ -1,4 +1,4 @@
-"""The training CLI (scripts/train.py / peft_gift.training) on tiny random models and tiny synthetic data.
+"""The training CLI (scripts/train.py / peft_gift.recipes) on tiny random models and tiny synthetic data.
 
 Every task type (seq_cls, causal_lm_mc, image_cls) and the gift / lofit / lora methods run end to end; results.json
 is checked, the saved adapter is reloaded and must reproduce the reported metric; bad input fails with a one-line
@@ -18,8 +18,9 @@ import torch
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
 
-from peft_gift import training
-from tiny_models import tiny_bert, tiny_llama, tiny_vit
+from peft_gift import recipes
+from peft_gift.recipes import cli, metrics
+from tiny_models import tiny_bert, tiny_llama, tiny_vit, word_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["good", "bad", "movie", "film", "plot", "great", "awful", "the", "a", "was", "is", "very", "red", "blue",
@@ -27,17 +28,7 @@ WORDS = ["good", "bad", "movie", "film", "plot", "great", "awful", "the", "a", "
 
 
 def _tokenizer(kind: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS + [":", "?", "\n", "Question", "Answer"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    kw = dict(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
-    if kind == "bert":
-        return PreTrainedTokenizerFast(**kw, cls_token="[CLS]", sep_token="[SEP]")
-    return PreTrainedTokenizerFast(**kw, eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    return word_tokenizer(WORDS + [":", "?", "\n", "Question", "Answer"], kind)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +106,7 @@ def _cls_cfg(assets, method):
 
 def _run_cli(tmp_path, cfg, *extra):
     out = tmp_path / "out"
-    rc = training.main([_write_cfg(tmp_path, cfg), "--output-dir", str(out), *extra])
+    rc = cli.main([_write_cfg(tmp_path, cfg), "--output-dir", str(out), *extra])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     return out, results
@@ -123,11 +114,7 @@ def _run_cli(tmp_path, cfg, *extra):
 
 def _reevaluate(results, model):
     """Evaluate `model` exactly as the CLI did (same data split, same evaluation code)."""
-    cfg = training.validate_config(results["config"])
-    prep = training.prepare(cfg)
-    prep["train_enc"] = prep["task"].encode(prep["train"])
-    prep["eval_enc"] = prep["task"].encode(prep["eval"])
-    return training._evaluate(model, prep, cfg["training"], __import__("pathlib").Path(cfg["output_dir"]), 0)
+    return recipes.evaluate(model, recipes.prepare(results["config"]))
 
 
 def _check_results(results, method, task):
@@ -203,6 +190,8 @@ def test_causal_lm_mc_lofit_two_stage(assets, tmp_path):
     assert {"accuracy", "acc_norm"} <= set(res["after"])
     saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert saved["mode"] == "bias" and len(saved["heads"]) == 3
+    for adapter in ("adapter", "stage1_adapter"):  # every saved adapter says how to load it
+        assert "import peft_gift" in (out / adapter / "README.md").read_text()
     import peft_gift
 
     stage1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(assets / "llama")),
@@ -250,7 +239,7 @@ def test_image_cls_gift_and_reload(assets, tmp_path):
 
 def test_set_overrides_and_float_parsing(assets, tmp_path):
     path = _write_cfg(tmp_path, _cls_cfg(assets, {"name": "gift", "r": 4, "target_modules": ["query"]}))
-    cfg = training.load_config(path, ["training.learning_rate=1e-3", "method.r=8", "data.train_size=10"])
+    cfg = recipes.load_config(path, ["training.learning_rate=1e-3", "method.r=8", "data.train_size=10"])
     assert cfg["training"]["learning_rate"] == 1e-3 and isinstance(cfg["training"]["learning_rate"], float)
     assert cfg["method"]["r"] == 8 and cfg["data"]["train_size"] == 10
 
@@ -260,8 +249,8 @@ def test_shipped_configs_validate():
     assert {"gift_minilm_sst2.yaml", "lora_minilm_sst2.yaml", "lofit_smollm2_arc_easy.yaml",
             "gift_smollm2_commonsense.yaml", "gift_dinov2_cifar10.yaml"} <= set(names)
     for n in names:
-        cfg = training.load_config(os.path.join(ROOT, "configs", n))
-        assert cfg["task"] in training.TASKS
+        cfg = recipes.load_config(os.path.join(ROOT, "configs", n))
+        assert cfg["task"] in recipes.TASKS
 
 
 BAD = [
@@ -287,7 +276,7 @@ BAD = [
 def test_bad_input_fails_before_training(assets, tmp_path, capsys, make, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"
-    rc = training.main([_write_cfg(tmp_path, make(assets)), "--output-dir", str(out)])
+    rc = cli.main([_write_cfg(tmp_path, make(assets)), "--output-dir", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("error: ") and message in err[-1], err
@@ -304,10 +293,69 @@ def test_script_entry_point_missing_file(tmp_path):
 
 def test_local_metrics_match_definitions():
     preds, labels = [1, 0, 1, 1, 0, 2], [1, 0, 0, 1, 2, 2]
-    assert training.accuracy(preds, labels) == pytest.approx(4 / 6)
+    assert metrics.accuracy(preds, labels) == pytest.approx(4 / 6)
     # binary F1 on class 1: tp=2, fp=1, fn=0 → 0.8
-    assert training.f1([1, 0, 1, 1], [1, 0, 0, 1], 2) == pytest.approx(0.8)
+    assert metrics.f1([1, 0, 1, 1], [1, 0, 0, 1], 2) == pytest.approx(0.8)
     # macro F1: class0 (tp1 fp1 fn1)=0.5, class1 (tp2 fp1 fn0)=0.8, class2 (tp1 fp0 fn1)=2/3
-    assert training.f1(preds, labels, 3) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert metrics.f1(preds, labels, 3) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     sk = pytest.importorskip("sklearn.metrics")
-    assert training.f1(preds, labels, 3) == pytest.approx(sk.f1_score(labels, preds, average="macro"))
+    assert metrics.f1(preds, labels, 3) == pytest.approx(sk.f1_score(labels, preds, average="macro"))
+
+
+# ---- values of the wrong type and LoFiT stage-2 settings fail with a one-line error naming the field, untrained
+TYPED = [
+    (lambda a: {**_cls_cfg(a, "gift"), "seed": "3"}, "seed must be an integer"),
+    (lambda a: {**_cls_cfg(a, "gift"), "data": {"dataset": str(a / "sst_tiny"), "max_length": "64"}},
+     "data.max_length must be an integer"),
+    (lambda a: {**_cls_cfg(a, "gift"), "training": {"learning_rate": "fast"}}, "training.learning_rate must be a number"),
+    (lambda a: {**_cls_cfg(a, "gift"), "training": {"num_train_epochs": "2"}},
+     "training.num_train_epochs must be a number"),
+    (lambda a: _cls_cfg(a, {"name": "lofit", "k": 2, "stage2": {"init_std": -1.0}}), "method.stage2"),
+    (lambda a: _cls_cfg(a, {"name": "lofit", "k": "2"}), "method.k must be an integer"),
+]
+
+
+@pytest.mark.parametrize("make,message", TYPED, ids=[m for _, m in TYPED])
+def test_wrongly_typed_values_name_the_field(assets, tmp_path, capsys, make, message):
+    out = tmp_path / "out"
+    rc = cli.main([_write_cfg(tmp_path, make(assets)), "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and message in err[-1], err
+    assert not out.exists()
+
+
+def test_output_dir_naming_a_file_is_a_clear_error(assets, tmp_path, capsys):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a directory")
+    for argv in (["--output-dir", str(a_file)], ["--output-dir", str(a_file / "sub")]):
+        rc = cli.main([_write_cfg(tmp_path, _cls_cfg(assets, "gift")), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and "output_dir" in err[-1] and "is a file" in err[-1], err
+    cfg = {**_cls_cfg(assets, "gift"), "output_dir": str(a_file)}
+    with pytest.raises(ValueError, match="output_dir .* is a file"):
+        recipes.validate_config(cfg)
+
+
+@pytest.mark.parametrize("method,message", [
+    ({"name": "lofit", "k": 100}, "1 <= k <= 8"),  # the tiny Llama has 2 layers x 4 heads
+    ({"name": "lofit", "k": 2, "stage2": {"num_heads": 3, "head_dim": 16}}, "invalid method.stage2 for this model"),
+], ids=["k", "geometry"])
+def test_lofit_stage2_settings_fail_before_stage1_trains(assets, tmp_path, capsys, monkeypatch, method, message):
+    import transformers
+
+    calls = []
+    real_train = transformers.Trainer.train
+    monkeypatch.setattr(transformers.Trainer, "train", lambda self, *a, **k: calls.append(1) or real_train(self, *a, **k))
+    cfg = {"model": str(assets / "llama"), "task": "causal_lm_mc", "method": method,
+           "data": {"dataset": str(assets / "mc_tiny"), "max_length": 32}, "training": dict(TRAIN)}
+    out = tmp_path / "out"
+    rc = cli.main([_write_cfg(tmp_path, cfg), "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and message in err[-1], err
+    assert calls == [] and not (out / "stage1_adapter").exists()
+
+
+def test_cli_saves_the_plugin_model_card_with_the_adapter(assets, tmp_path):
+    out, _ = _run_cli(tmp_path, _cls_cfg(assets, {"name": "gift", "r": 2, "target_modules": ["query"]}))
+    card = (out / "adapter" / "README.md").read_text()
+    assert "pip install peft-gift" in card and "import peft_gift" in card

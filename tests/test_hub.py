@@ -21,8 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 import peft_gift
 from peft_gift import GiftConfig, LofitConfig
-from test_gift import randomise_theta
-from tiny_models import model_output, text_inputs, tiny_llama
+from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
 
 BASE_ID = "tiny-org/tiny-llama"
 

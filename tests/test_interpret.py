@@ -13,8 +13,8 @@ import peft_gift
 from peft_gift import interpret
 from peft_gift.gift.layer import GiftLayer
 from peft_gift.lofit.layer import LofitLayer
-from test_gift import randomise_theta
-from tiny_models import image_inputs, text_inputs, tiny_dinov2, tiny_gpt2, tiny_llama, tiny_vit
+from peft_gift.recipes import render
+from tiny_models import image_inputs, randomise_theta, text_inputs, tiny_dinov2, tiny_gpt2, tiny_llama, tiny_vit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -158,22 +158,22 @@ def test_vision_maps_and_wrong_image_sizes(tmp_path):
     model = gift_model(tiny_dinov2, r=3, target_modules=["o_proj"])
     pixels = image_inputs(batch=2, size=28)["pixel_values"]
     path = tmp_path / "maps.png"
-    maps = interpret.save_cluster_maps(model, pixels, path, layer="encoder.layer.1.attention.o_proj", channels=[0, 2])
+    maps = render.save_cluster_maps(model, pixels, path, layer="encoder.layer.1.attention.o_proj", channels=[0, 2])
     assert maps.shape == (2, 3, 2, 2)
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(ValueError, match=r"30x30 is not a multiple of the patch size 14x14"):
-        interpret.save_cluster_maps(model, torch.randn(1, 3, 30, 30), tmp_path / "x.png", layer="layer.1.attention.o_proj")
+        render.save_cluster_maps(model, torch.randn(1, 3, 30, 30), tmp_path / "x.png", layer="layer.1.attention.o_proj")
     with pytest.raises(ValueError, match=r"1 channels; the model expects num_channels=3"):
         interpret.patch_grid(model, torch.randn(1, 1, 28, 28))
     with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
         interpret.patch_grid(model, torch.randn(3, 28, 28))
     with pytest.raises(ValueError, match="Pass `layer`"):
-        interpret.save_cluster_maps(model, pixels, tmp_path / "y.png")
+        render.save_cluster_maps(model, pixels, tmp_path / "y.png")
     with pytest.raises(ValueError, match=r"Channels \[3\] do not exist; valid channels are 0..2"):
-        interpret.save_cluster_maps(model, pixels, tmp_path / "z.png", layer="layer.0.attention.o_proj", channels=[3])
+        render.save_cluster_maps(model, pixels, tmp_path / "z.png", layer="layer.0.attention.o_proj", channels=[3])
     vit = gift_model(tiny_vit, r=2, target_modules=["o_proj"])
     with pytest.raises(ValueError, match=r"48x48 does not match.*image_size=32x32"):
-        interpret.save_cluster_maps(vit, torch.randn(1, 3, 48, 48), tmp_path / "v.png", layer="layers.0.attention.o_proj")
+        render.save_cluster_maps(vit, torch.randn(1, 3, 48, 48), tmp_path / "v.png", layer="layers.0.attention.o_proj")
 
 
 def test_text_views(tmp_path):
@@ -190,13 +190,13 @@ def test_text_views(tmp_path):
         assert all(inputs["attention_mask"][b, i] == 1 for _, b, i, _ in entries)
         for token, b, i, v in entries:
             assert token == tokens[b][i] and v == pytest.approx(float(scores[b, i, j]))
-    png = interpret.save_text_channel_view(scores, tokens, tmp_path / "t.png", attention_mask=inputs["attention_mask"])
-    page = interpret.save_text_channel_view(scores, tokens, tmp_path / "t.html", k=2)
+    png = render.save_text_channel_view(scores, tokens, tmp_path / "t.png", attention_mask=inputs["attention_mask"])
+    page = render.save_text_channel_view(scores, tokens, tmp_path / "t.html", k=2)
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     text = page.read_text()
     assert text.count("<tr><td>ch ") == 3 and top[0][0][0] in text
     with pytest.raises(ValueError, match=r"\.png or \.html"):
-        interpret.save_text_channel_view(scores, tokens, tmp_path / "t.txt")
+        render.save_text_channel_view(scores, tokens, tmp_path / "t.txt")
 
 
 def test_decode_gift_channels():
@@ -226,7 +226,7 @@ def test_decode_gift_channels():
 # ------------------------------------------------------------------------------------------------ LoFiT
 def test_lofit_head_map_values(tmp_path):
     model = get_peft_model(tiny_gpt2(), peft_gift.LofitConfig(mode="scale", init_std=0.3))
-    grid = interpret.save_lofit_head_map(model, tmp_path / "heads.png", k=2)
+    grid = render.save_lofit_head_map(model, tmp_path / "heads.png", k=2)
     assert grid.shape == (2, 4)
     for layer in (m for m in model.modules() if isinstance(m, LofitLayer)):
         a = layer.lofit_head_scale["default"].detach()
@@ -234,7 +234,7 @@ def test_lofit_head_map_values(tmp_path):
     assert {k: grid[k] for k in peft_gift.lofit.head_scores(model)} == pytest.approx(peft_gift.lofit.head_scores(model))
     assert (tmp_path / "heads.png").read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(ValueError, match=r"outside the 2 layers × 4 heads"):
-        interpret.save_lofit_head_map(model, tmp_path / "bad.png", selected=[(5, 0)])
+        render.save_lofit_head_map(model, tmp_path / "bad.png", selected=[(5, 0)])
 
 
 def test_lofit_partial_layers_leave_nan():
@@ -297,3 +297,41 @@ def test_visualize_smoke_writes_valid_pngs(tmp_path):
     assert any(f.endswith("gift_decode.md") for f in files) and any(f.endswith("lofit_decode.md") for f in files)
     decode = open(next(f for f in files if f.endswith("lofit_decode.md"))).read()
     assert decode.count("| layer ") == 3 and "`w" in decode  # 3 selected heads, decoded with the tokenizer
+
+
+def _dense_scores(layer, x, adapter):
+    """(x + s·φψx) Wᵀ + b, projected on C = W·φ — all with ``adapter``'s Θ (the channel-score formula, densely)."""
+    phi, psi = (t.detach().double() for t in layer.theta(adapter))
+    w = dense_w(layer)
+    bias = layer.get_base_layer().bias
+    y = (x + layer.gift_scaling[adapter] * (x @ psi.T) @ phi.T) @ w.T + (0 if bias is None else bias.detach().double())
+    return y @ (w @ phi)
+
+
+def test_channel_scores_read_the_named_adapter_not_the_active_one():
+    model = get_peft_model(tiny_llama(), peft_gift.GiftConfig(r=3, target_modules=["v_proj"]))
+    model.add_adapter("other", peft_gift.GiftConfig(r=3, target_modules=["v_proj"]))
+    randomise_theta(model, std=0.3, seed=5)
+    model.set_adapter("default")
+    inputs = text_inputs()
+    layers = named_gift_layers(model)
+    seen, handles = capture_inputs(model, layers)
+    with torch.no_grad():
+        model(**inputs)
+    for h in handles:
+        h.remove()
+    scores = interpret.channel_scores(model, inputs, adapter_name="other")
+    for name, layer in layers.items():
+        torch.testing.assert_close(scores[name].double(), _dense_scores(layer, seen[name], "other"), rtol=1e-4,
+                                   atol=1e-4)
+    # inside disable_adapter the layer input is the base model's, but y is still adapter "other"'s output
+    seen, handles = capture_inputs(model, layers)
+    with model.disable_adapter():
+        with torch.no_grad():
+            model(**inputs)
+        disabled = interpret.channel_scores(model, inputs, adapter_name="other")
+    for h in handles:
+        h.remove()
+    for name, layer in layers.items():
+        torch.testing.assert_close(disabled[name].double(), _dense_scores(layer, seen[name], "other"), rtol=1e-4,
+                                   atol=1e-4)

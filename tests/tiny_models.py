@@ -112,3 +112,66 @@ def model_output(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def randomise_theta(peft_model, std=0.1, seed=1):
+    """Give every GIFT Θ (φ and ψ) random N(0, std²) values, so that an adapter is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if ".gift_phi." in name or ".gift_psi." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def word_tokenizer(words, kind: str = "llama"):
+    """A word-level fast tokenizer over ``words`` (plus [PAD] [UNK] [CLS] [SEP] </s>); ``kind="bert"`` adds CLS/SEP,
+    otherwise it has an EOS token and no special tokens around the text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + [w for w in dict.fromkeys(words) if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    kw = dict(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    if kind == "bert":
+        return PreTrainedTokenizerFast(**kw, cls_token="[CLS]", sep_token="[SEP]")
+    return PreTrainedTokenizerFast(**kw, eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+
+
+# --- Llama-family variants used by tests/test_workflows.py (appended; all: hidden 64, 2 layers, 4 heads of 16) ---
+
+
+def _decoder_kwargs(**overrides):
+    cfg = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def tiny_mistral(seed: int = 0, **overrides):
+    """Mistral with GQA (2 KV heads) and a sliding window longer than the tiny inputs."""
+    from transformers import MistralConfig
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(MistralConfig(**_decoder_kwargs(sliding_window=32, **overrides))).eval()
+
+
+def tiny_qwen2(seed: int = 0, **overrides):
+    """Qwen2 (q/k/v projections with bias, o_proj without) with GQA (2 KV heads)."""
+    from transformers import Qwen2Config
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(Qwen2Config(**_decoder_kwargs(**overrides))).eval()
+
+
+def tiny_gemma(seed: int = 0, **overrides):
+    """Gemma: head_dim must be given explicitly (16, so that 4 heads · 16 = hidden 64); one KV head (MQA)."""
+    from transformers import GemmaConfig
+
+    torch.manual_seed(seed)
+    kw = _decoder_kwargs(head_dim=16, num_key_value_heads=1)
+    kw.update(overrides)
+    return AutoModelForCausalLM.from_config(GemmaConfig(**kw)).eval()

@@ -1,4 +1,4 @@
-"""From LoFiT stage 1 (scales) to stage 2 (offsets): head ranking and the stage-2 config."""
+"""From LoFiT stage 1 (scales) to stage 2 (offsets): head selection and the stage-2 config."""
 
 from __future__ import annotations
 
@@ -7,55 +7,12 @@ import math
 import numbers
 from typing import Optional, Union
 
-import torch
 from torch import nn
 
 from .config import LofitConfig
-from .layer import LofitLayer
+from .readout import head_scores, resolve_lofit_adapter
 
-
-def _tuner_and_config(model, adapter_name: Optional[str]):
-    """(modules to scan, adapter name, its LofitConfig) for a PeftModel, a LofitModel or a model with LoFiT layers."""
-    configs = getattr(model, "peft_config", None)
-    if not isinstance(configs, dict) or not configs:
-        raise ValueError("Expected a PEFT model with a LoFiT adapter (no `peft_config` found).")
-    if adapter_name is None:
-        active = getattr(model, "active_adapter", None)
-        if isinstance(active, (list, tuple)):
-            if len(active) != 1:
-                raise ValueError(f"Several adapters are active ({list(active)}); pass `adapter_name`.")
-            active = active[0]
-        adapter_name = active if active in configs else next(iter(configs))
-    if adapter_name not in configs:
-        raise ValueError(f"Adapter {adapter_name!r} does not exist; available: {sorted(configs)}.")
-    config = configs[adapter_name]
-    if not isinstance(config, LofitConfig):
-        raise ValueError(f"Adapter {adapter_name!r} is a {type(config).__name__}, not a LofitConfig.")
-    return adapter_name, config
-
-
-def head_scores(model: nn.Module, adapter_name: Optional[str] = None) -> dict[tuple[int, int], float]:
-    """||A_h||_2 for every (layer, head) that the scale adapter ``adapter_name`` (default: the active one) learns."""
-    adapter_name, config = _tuner_and_config(model, adapter_name)
-    if config.mode != "scale":
-        raise ValueError(
-            f"select_heads needs a stage-1 adapter with mode='scale'; adapter {adapter_name!r} has "
-            f"mode={config.mode!r}."
-        )
-    scores: dict[tuple[int, int], float] = {}
-    for module in model.modules():
-        if not isinstance(module, LofitLayer) or adapter_name not in module.lofit_head_scale:
-            continue
-        with torch.no_grad():
-            norms = module.lofit_head_scale[adapter_name].detach().to(torch.float32).norm(dim=-1).cpu().tolist()
-        for head, norm in zip(module.adapted_heads(adapter_name), norms):
-            key = (module.layer_index, head)
-            if key in scores:
-                raise ValueError(f"Two projections claim (layer, head) = {key}; set `layers_pattern`.")
-            scores[key] = float(norm)
-    if not scores:
-        raise ValueError(f"Adapter {adapter_name!r} has no scale parameters in this model.")
-    return scores
+__all__ = ["head_scores", "lofit_stage2_config", "select_heads"]
 
 
 def select_heads(
@@ -95,7 +52,7 @@ def lofit_stage2_config(
     stage 2 starts from the base model, the stage-1 scales are dropped)."""
     source = stage1_config_or_peft_model
     if not isinstance(source, LofitConfig):
-        _, source = _tuner_and_config(source, overrides.pop("adapter_name", None))
+        _, source = resolve_lofit_adapter(source, overrides.pop("adapter_name", None))
     unknown = set(overrides) - {f.name for f in dataclasses.fields(LofitConfig)}
     if unknown:
         raise ValueError(f"Unknown LofitConfig field(s) {sorted(unknown)}.")

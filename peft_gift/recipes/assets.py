@@ -11,9 +11,9 @@ or a local path).
 
 CLI::
 
-    python -m peft_gift.assets list
-    python -m peft_gift.assets setup [NAME ...]      # default: minilm-l6 sst2
-    python -m peft_gift.assets path NAME
+    python -m peft_gift.recipes.assets list
+    python -m peft_gift.recipes.assets setup [NAME ...]      # default: minilm-l6 sst2
+    python -m peft_gift.recipes.assets path NAME
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def cache_dir() -> Path:
 
 
 def _log(msg: str) -> None:
-    print(f"[peft_gift.assets] {msg}", file=sys.stderr, flush=True)
+    print(f"[peft_gift.recipes.assets] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -465,7 +465,7 @@ def setup(names: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m peft_gift.assets", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m peft_gift.recipes.assets", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the asset names")
     s = sub.add_parser("setup", help="install/convert assets (default: the main job's minilm-l6 and sst2; 'all')")

@@ -1,0 +1,142 @@
+"""Where a job's model and data come from: asset names, local paths or Hub ids, and the train/eval split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import assets
+from .config import ConfigError
+
+
+def _reason(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+
+
+def resolve_model(name: str) -> str:
+    """Asset name → local dir; local dir → itself; Hub id → itself if its config can be fetched (else ConfigError)."""
+    if assets.model_asset_name(name):
+        try:
+            return assets.model_path(name)
+        except assets.AssetError as e:
+            raise ConfigError(str(e)) from None
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"model directory {str(p)!r} has no config.json; pass a save_pretrained() directory")
+        return str(p)
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - any failure means "cannot be resolved"
+        raise ConfigError(
+            f"model {name!r} is not an asset ({', '.join(assets.MODELS)}), not a local directory, and could not be "
+            f"loaded from the Hugging Face Hub ({_reason(e)}); use an asset name or a local save_pretrained() directory"
+        ) from None
+    return name
+
+
+def load_raw(name: str, data_cfg: dict):
+    """Dataset name → DatasetDict (asset, save_to_disk dir, data file, or Hub id)."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    if assets.dataset_asset_name(name):
+        try:
+            return assets.load_dataset_asset(name)
+        except assets.AssetError as e:
+            raise ConfigError(str(e)) from None
+    p = Path(name).expanduser()
+    if p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "dataset_info.json").exists()):
+        ds = load_from_disk(str(p))
+        if isinstance(ds, Dataset):
+            ds = DatasetDict({data_cfg.get("train_split") or "train": ds})
+        return ds
+    if p.is_file():
+        ext = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(p.suffix)
+        if ext is None:
+            raise ConfigError(f"data file {str(p)!r}: unsupported type; use .json/.jsonl/.csv/.parquet or a "
+                              f"save_to_disk dir")
+        kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
+        return load_dataset(ext, data_files={"train": str(p)}, **kw)
+    if p.exists() or name.startswith((".", "/", "~")):
+        raise ConfigError(f"dataset path {name!r} is neither a datasets.save_to_disk directory nor a data file")
+    try:
+        return load_dataset(name, data_cfg.get("subset"))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"dataset {name!r} is not an asset ({', '.join(assets.DATASETS)}), not a local path, and could not be "
+            f"loaded with datasets.load_dataset ({_reason(e)}); use an asset name or a local save_to_disk directory"
+        ) from None
+
+
+def _pick_split(ds, wanted: str | None, prefer: tuple[str, ...], name: str, role: str) -> str:
+    if wanted is not None:
+        if wanted not in ds:
+            raise ConfigError(f"dataset {name!r} has no split {wanted!r} for {role}; available: {', '.join(ds)}")
+        return wanted
+    for s in prefer:
+        if s in ds:
+            return s
+    return next(iter(ds))
+
+
+def split_dataset(ds, name: str, data_cfg: dict):
+    """(train, eval) Datasets: shuffled with data.seed, cut to train_size / eval_size; disjoint when both come from
+    the same split (e.g. the 872 SST-2 validation sentences)."""
+    seed = int(data_cfg.get("seed", 0))
+    tr = _pick_split(ds, data_cfg.get("train_split"), ("train",), name, "training")
+    ev = _pick_split(ds, data_cfg.get("eval_split"), ("validation", "test", "train"), name, "evaluation")
+    n_train, n_eval = data_cfg.get("train_size"), data_cfg.get("eval_size")
+    for key, n in (("train_size", n_train), ("eval_size", n_eval)):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"data.{key} must be a positive integer, got {n!r}")
+    if tr == ev:
+        full = ds[tr].shuffle(seed=seed)
+        total = len(full)
+        if n_train is None and n_eval is None:
+            n_eval = max(1, total // 5)
+        n_train = n_train if n_train is not None else total - n_eval
+        n_eval = n_eval if n_eval is not None else total - n_train
+        if n_train + n_eval > total:
+            raise ConfigError(
+                f"dataset {name!r} split {tr!r} has {total} rows, fewer than train_size + eval_size = "
+                f"{n_train + n_eval}; lower the sizes (train and eval are cut disjointly from the same split)"
+            )
+        return full.select(range(n_train)), full.select(range(n_train, n_train + n_eval))
+    train, evl = ds[tr].shuffle(seed=seed), ds[ev].shuffle(seed=seed)
+    for key, n, part, split in (("train_size", n_train, train, tr), ("eval_size", n_eval, evl, ev)):
+        if n is not None and n > len(part):
+            raise ConfigError(f"data.{key}={n} but dataset {name!r} split {split!r} has only {len(part)} rows")
+    train = train.select(range(n_train)) if n_train is not None else train
+    evl = evl.select(range(n_eval)) if n_eval is not None else evl
+    return train, evl
+
+
+def load_data(cfg: dict, task_cls) -> tuple:
+    """``(train, eval, columns)`` for the job: every listed dataset loaded, split, checked by the task class (which
+    names the columns it needs) and, for several datasets, concatenated with a ``source`` column."""
+    from datasets import concatenate_datasets
+
+    data_cfg = cfg["data"]
+    names = data_cfg["dataset"] if isinstance(data_cfg["dataset"], list) else [data_cfg["dataset"]]
+    if len(names) > 1 and not task_cls.multi_dataset:
+        raise ConfigError(f"a list of datasets is only supported for tasks that score per source "
+                          f"(causal_lm_mc), not {task_cls.name}")
+    trains, evals, columns = [], [], None
+    for name in names:
+        raw = load_raw(str(name), data_cfg)
+        train, evl = split_dataset(raw, str(name), data_cfg)
+        cols = task_cls.columns(train, data_cfg, str(name))
+        task_cls.columns(evl, data_cfg, str(name))
+        if columns is not None and cols != columns:
+            raise ConfigError(f"datasets {names} have different column layouts; list only datasets of the same format")
+        columns = cols
+        if len(names) > 1:
+            keep = task_cls.kept_columns(columns)
+            train = train.select_columns(keep).add_column("source", [str(name)] * len(train))
+            evl = evl.select_columns(keep).add_column("source", [str(name)] * len(evl))
+        trains.append(train)
+        evals.append(evl)
+    train = concatenate_datasets(trains).shuffle(seed=int(data_cfg.get("seed", 0))) if len(trains) > 1 else trains[0]
+    evl = concatenate_datasets(evals) if len(evals) > 1 else evals[0]
+    return train, evl, columns

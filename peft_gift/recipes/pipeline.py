@@ -1,0 +1,191 @@
+"""The fine-tuning pipeline shared by the CLI and the benchmarks: prepare a job, train it, evaluate it, write it.
+
+    from peft_gift.recipes import load_config, run
+    results = run(load_config("configs/gift_minilm_sst2.yaml", overrides=["training.num_train_epochs=1"]))
+
+The pieces are public so that a benchmark measures exactly what ``scripts/train.py`` runs: :func:`prepare` (model,
+data and task, every check before any weights are loaded), :func:`evaluate` (the task's evaluator through a
+``Trainer``), :func:`fit` (the method's recipe from :mod:`~peft_gift.recipes.methods`) and :func:`run` (all of it,
+plus the saved adapter, the model card, ``results.json`` and the printed table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .config import ConfigError, check_output_dir, validate_config
+from .data import load_data, resolve_model
+from .methods import METHODS, param_counts
+from .report import describe_machine, machine_info, markdown_table
+from .tasks import TASKS, Task
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINING = dict(
+    num_train_epochs=1, per_device_train_batch_size=8, per_device_eval_batch_size=32, learning_rate=1e-3,
+    logging_steps=10, save_strategy="no", eval_strategy="no", report_to="none", dataloader_num_workers=0,
+    disable_tqdm=False, remove_unused_columns=False,
+)
+
+
+@dataclasses.dataclass
+class Job:
+    """A prepared job: the validated config, the resolved model path, raw and encoded splits, and the task."""
+
+    cfg: dict
+    model_path: str
+    task: Task
+    train: Any
+    eval: Any
+    train_enc: Any = None
+    eval_enc: Any = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+
+def prepare(cfg: dict) -> Job:
+    """Resolve the model, load/split/check the data, build the task and encode both splits: everything that can fail
+    on bad input, done before any model weights are loaded or trained."""
+    cfg = validate_config(cfg)
+    model_path = resolve_model(cfg["model"])
+    task_cls = TASKS[cfg["task"]]
+    train, evl, columns = load_data(cfg, task_cls)
+    task = task_cls(model_path, cfg["data"], columns, train, evl)
+    return Job(cfg, model_path, task, train, evl, task.encode(train), task.encode(evl))
+
+
+def _training_args(job: Job, training: dict, out: Optional[Path], stage: str):
+    import tempfile
+
+    import torch
+    from transformers import TrainingArguments
+
+    args = {**DEFAULT_TRAINING, "dataloader_pin_memory": torch.cuda.is_available(), **training, "seed": job.seed}
+    args.setdefault("data_seed", job.seed)
+    args["output_dir"] = str((out if out is not None else Path(tempfile.gettempdir()) / "peft_gift") / "trainer" / stage)
+    try:
+        return TrainingArguments(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid training arguments: {str(e).splitlines()[0]}") from None
+
+
+def trainer_for(model, job: Job, training: dict, out: Optional[Path] = None, stage: str = "train"):
+    """The ``transformers.Trainer`` the pipeline trains and evaluates with (``training`` = TrainingArguments fields)."""
+    from transformers import Trainer
+
+    targs = _training_args(job, training, out, stage)
+    eval_ds = job.eval_enc if targs.eval_strategy != "no" and job.task.compute_metrics else None
+    return Trainer(model=model, args=targs, train_dataset=job.train_enc, eval_dataset=eval_ds,
+                   data_collator=job.task.collator(), compute_metrics=job.task.compute_metrics)
+
+
+def evaluate(model, job: Job, training: Optional[dict] = None, out: Optional[Path] = None) -> dict:
+    """The task's metrics of ``model`` on the job's evaluation split (what ``results.json`` reports)."""
+    trainer = trainer_for(model, job, job.cfg["training"] if training is None else training, out, "eval")
+    return job.task.evaluate(trainer, job.eval, job.eval_enc)
+
+
+@dataclasses.dataclass
+class _Context:
+    """What a method's ``fit`` may use: the task, a trainer per stage, a fresh base model, the log."""
+
+    job: Job
+    out: Optional[Path]
+    log: Callable[[str], None]
+
+    @property
+    def task(self) -> Task:
+        return self.job.task
+
+    @property
+    def seed(self) -> int:
+        return self.job.seed
+
+    def load_model(self):
+        return self.job.task.load_model()
+
+    def train(self, model, stage: str, overrides: Optional[dict] = None) -> float:
+        trainer = trainer_for(model, self.job, {**self.job.cfg["training"], **(overrides or {})}, self.out, stage)
+        t0 = time.time()
+        trainer.train()
+        return time.time() - t0
+
+
+def fit(model, job: Job, out: Optional[Path] = None, log: Callable[[str], None] = logger.info):
+    """Apply the job's method to ``model`` and train it: ``(trained model, stats)``; stats has ``train_time_s`` and,
+    for two-stage methods, ``stages``."""
+    method = job.cfg["method"]
+    params = {k: v for k, v in method.items() if k != "name"}
+    return METHODS[method["name"]].fit(model, params, _Context(job, out, log))
+
+
+def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] = None,
+        log: Callable[[str], None] = print) -> dict:
+    """Run one job from a config; write the adapter/model and results.json; return the results dict."""
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from ..hub import plugin_peft_types, write_model_card
+    from ..hub import push_to_hub as peft_gift_push_to_hub
+
+    t_start = time.time()
+    cfg = validate_config(cfg)
+    out = check_output_dir(output_dir or cfg["output_dir"])
+    cfg["output_dir"] = str(out)
+    seed = int(cfg["seed"])
+    method = cfg["method"]
+    set_seed(seed)
+    job = prepare(cfg)
+    task = job.task
+    log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples")
+    hf_logging.set_verbosity_error()  # "newly initialized head" warnings etc.; the table below states the setup
+    out.mkdir(parents=True, exist_ok=True)
+
+    set_seed(seed)
+    model = task.load_model()
+    log("evaluating the untrained model ...")
+    before = evaluate(model, job, out=out)
+    log(f"before: {before}")
+    results: dict[str, Any] = {"model": cfg["model"], "model_path": job.model_path, "task": cfg["task"],
+                               "method": method["name"], "dataset": cfg["data"]["dataset"],
+                               "train_examples": len(job.train), "eval_examples": len(job.eval),
+                               "metric": task.metric, "before": before}
+    model, stats = fit(model, job, out, log)
+    if "stages" in stats:
+        results["stages"] = stats["stages"]
+    results.update(param_counts(model))
+    results["train_time_s"] = round(stats["train_time_s"], 1)
+    log("evaluating the fine-tuned model ...")
+    results["after"] = evaluate(model, job, out=out)
+    log(f"after: {results['after']}")
+
+    saves_adapter = METHODS[method["name"]].saves_adapter
+    save_dir = out / ("adapter" if saves_adapter else "model")
+    model.save_pretrained(str(save_dir))
+    plugin_adapter = bool(plugin_peft_types(model))
+    if plugin_adapter:
+        write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
+    if task.tokenizer is not None and not saves_adapter:
+        task.tokenizer.save_pretrained(str(save_dir))
+    results["saved_to"] = str(save_dir)
+    results["wall_time_s"] = round(time.time() - t_start, 1)
+    results["machine"] = describe_machine(machine_info())
+    results["config"] = cfg
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    log(markdown_table([results]))
+    log(f"wrote {save_dir} and {out / 'results.json'}")
+    if push_to_hub:
+        try:
+            peft_gift_push_to_hub(model, push_to_hub) if plugin_adapter else model.push_to_hub(push_to_hub)
+            log(f"pushed to https://huggingface.co/{push_to_hub}")
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"push_to_hub({push_to_hub!r}) failed ({str(e).splitlines()[0][:160]}); the results are "
+                              f"saved in {out}; log in with `hf auth login` and check network access") from None
+    return results
