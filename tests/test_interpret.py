@@ -335,3 +335,37 @@ def test_channel_scores_read_the_named_adapter_not_the_active_one():
     for name, layer in layers.items():
         torch.testing.assert_close(disabled[name].double(), _dense_scores(layer, seen[name], "other"), rtol=1e-4,
                                    atol=1e-4)
+
+
+def _visualize_module():
+    spec = importlib.util.spec_from_file_location("visualize", os.path.join(ROOT, "scripts", "visualize.py"))
+    visualize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(visualize)
+    return visualize
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "is not a PEFT adapter config"),
+    ('{"r": 4}', "is not a PEFT adapter config"),
+], ids=["garbage", "list", "no-peft-type"])
+def test_visualize_garbage_adapter_config_is_a_one_line_error(tmp_path, content, message):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        _visualize_module().main(["--adapter", str(adapter), "--out", str(tmp_path / "out")])
+    text = str(exc.value)
+    assert text.startswith("error: ") and "adapter_config.json" in text and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("base", ["no-such-org/no-such-model-xyz", "{missing_dir}"], ids=["hub-id", "missing-dir"])
+def test_visualize_bad_base_model_is_a_one_line_error(tmp_path, monkeypatch, base):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = get_peft_model(tiny_llama(), peft_gift.GiftConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(SystemExit) as exc:
+        _visualize_module().main(["--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "out"),
+                                  "--base-model", base.format(missing_dir=tmp_path / "nope")])
+    text = str(exc.value)
+    assert text.startswith("error: ") and "base" in text and "\n" not in text, text
