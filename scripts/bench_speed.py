@@ -342,7 +342,7 @@ def add_ratios(res: dict) -> None:
     floor = _med(res, "floor", "step")
     lora = _med(res, "lora", "step")
     ib, ibm = res["inference_base"]["median_s"], res.get("inference_base_merged_round", {}).get("median_s")
-    for m, r in res["methods"].items():
+    for r in res["methods"].values():
         s = r["step"]["median_s"]
         r["step_vs_floor"] = s / floor if floor else None
         r["step_vs_lora"] = s / lora if lora else None
@@ -407,7 +407,7 @@ def markdown(report: dict) -> str:
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
              f"{report['machine']['torch']}, peft {report['machine']['peft']}, {report['machine']['torch_threads']} torch "
              f"thread(s); interleaved rounds after 1 warm-up round (see each model); times are median (min–max) in ms. Command: `{report['command']}`", ""]
-    for kind, res in report["models"].items():
+    for res in report["models"].values():
         lines += [f"## {res['model']}: batch {res['batch']}×{res['seq']}, {res['total_params']:,} parameters, "
                   f"{res['reps']} rounds", ""]
         if "lofit_heads" in res:
@@ -438,7 +438,8 @@ def markdown(report: dict) -> str:
 
 def profile(kind: str, methods: list[str], quick: bool, out: Path, name: str, log) -> None:
     """torch.profiler on one training step per method (after a warm-up step): where the time goes."""
-    from torch.profiler import ProfilerActivity, profile as tprofile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     import peft_gift  # noqa: F401
 
@@ -490,7 +491,7 @@ def count_flops(kinds: list[str], methods: list[str], quick: bool, out: Path, na
             f[m]["vs_floor"] = f[m]["train_step_flops"] / f["floor"]["train_step_flops"] if "floor" in f else None
             f[m]["vs_lora"] = f[m]["train_step_flops"] / f["lora"]["train_step_flops"] if "lora" in f else None
     lines = ["# FLOPs of one training step (fwd + bwd) and one inference forward, torch.utils.flop_counter", ""]
-    for kind, r in res.items():
+    for r in res.values():
         lines += [f"## {r['model']}", "", "| method | train step GFLOP | ×floor | ×LoRA | inference GFLOP |",
                   "|---|---|---|---|---|"]
         for m, v in r["methods"].items():

@@ -321,7 +321,7 @@ def visualize(args) -> dict:
     adapters = [Path(a) for a in args.adapter]
     infos = {a: _adapter_info(a)[0] for a in adapters}
     bias_heads = None
-    for a, cfg in infos.items():
+    for cfg in infos.values():
         if cfg.get("peft_type") == "LOFIT" and cfg.get("mode") == "bias" and cfg.get("heads"):
             bias_heads = [tuple(h) for h in cfg["heads"]]
     summary = {"adapters": {}, "files": []}
@@ -371,8 +371,8 @@ def _randomise(model, names: tuple[str, ...], std: float, seed: int) -> None:
 
 def build_smoke(root: Path) -> tuple[list[str], object]:
     """Tiny random base models and adapters under ``root``; returns (adapter dirs, display images + labels)."""
-    from PIL import Image
     from peft import get_peft_model
+    from PIL import Image
     from transformers import Dinov2Config, Dinov2ForImageClassification, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -405,7 +405,7 @@ def build_smoke(root: Path) -> tuple[list[str], object]:
     g = torch.Generator().manual_seed(3)
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     images = []
-    for i in range(2):  # smooth synthetic pictures: a coloured disc on a gradient
+    for _ in range(2):  # smooth synthetic pictures: a coloured disc on a gradient
         cy, cx = torch.randint(8, 24, (2,), generator=g).tolist()
         disc = (((yy - cy) ** 2 + (xx - cx) ** 2) < 40).float()
         rgb = torch.stack([xx / 31.0, yy / 31.0, disc], -1) * 255

@@ -41,14 +41,14 @@ def test_speed_quick(tmp_path, bench_speed):
     report = json.loads((tmp_path / "speed.json").read_text())
     md = (tmp_path / "speed.md").read_text()
     assert report["quick"] is True and set(report["models"]) == {"lm", "enc"}
-    for kind, res in report["models"].items():
+    for res in report["models"].values():
         methods = res["methods"]
         assert set(methods) == set(bench_speed.METHODS)
         assert methods["floor"]["trainable_params"] == 0
         assert methods["full"]["trainable_params"] == res["total_params"]
         # GIFT with one shared Θ (sharing="all") has half the parameters of per-module Θ on q,v (both d_in = hidden)
         assert methods["gift_all"]["trainable_params"] < methods["gift_module"]["trainable_params"]
-        for m, r in methods.items():
+        for r in methods.values():
             assert r["step"]["n"] == 2 and r["step"]["min_s"] <= r["step"]["median_s"] <= r["step"]["max_s"]
             assert r["step_vs_floor"] > 0
         for m in bench_speed.PEFT_METHODS:
