@@ -1,42 +1,52 @@
-"""Checked adapter loading shared by the GIFT and LoFiT tuners (PEFT's `_remap_adapter_state_dict_for_load` hook).
+"""Checked adapter loading for the GIFT and LoFiT tuners: strict key/shape/dtype/finiteness check, exact rollback.
 
 PEFT itself only warns about missing adapter tensors, ignores unknown ones or copies them into the model (an extra
 ``base_model.model.lm_head.weight`` overwrites the base weight) and loads NaN silently. Our tuners instead refuse a
-file that does not match the adapter: missing or unexpected tensors, wrong shapes, non-float dtypes, NaN/inf. The
-check runs after PEFT injected the adapter layers but before any value is copied; on failure the half-created
-adapter is removed again (for the only adapter: the tuner layers are unloaded and the base model's ``requires_grad``
-flags and tags restored), so the model is left as it was.
+file that does not match the adapter: missing or unexpected tensors (another adapter's ``modules_to_save`` included),
+wrong shapes, non-float dtypes, NaN/inf. The check runs in PEFT's ``_remap_adapter_state_dict_for_load`` hook, before
+any value is copied, so a refused file changes no existing adapter. An adapter that the failing
+``PeftModel.from_pretrained`` / ``load_adapter`` call itself created is removed again (for the only adapter: the tuner
+layers are unloaded and the base model's ``requires_grad`` flags and tags restored).
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from peft.tuners.tuners_utils import _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
 
 
-class CheckedLoading:
-    """Mixin placed before ``BaseTuner`` in our tuners' bases: records the base model's state before the first
-    injection and checks every adapter file in PEFT's ``_remap_adapter_state_dict_for_load`` hook. Subclasses name
-    the method (``method_name``) and the config fields that explain a shape mismatch (``_describe_config``)."""
+def _peft_loading_frames() -> list[int]:
+    """ids of the frames of ``PeftModel.from_pretrained`` / ``PeftModel.load_adapter`` calls now on the stack."""
+    from peft import PeftModel
 
-    method_name: str
+    codes = {PeftModel.from_pretrained.__func__.__code__, PeftModel.load_adapter.__code__}
+    frames, frame = [], sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in codes:
+            frames.append(id(frame))
+        frame = frame.f_back
+    return frames
 
-    def _pre_injection_hook(self, model, config, adapter_name: str) -> None:
-        super()._pre_injection_hook(model, config, adapter_name)
-        self.__dict__["_base_state_before_injection"] = (  # what a failed first load must restore
-            {id(p): p.requires_grad for p in model.parameters()},
-            list(getattr(model, "model_tags", None) or []),
-        )
 
-    @classmethod
-    def _describe_config(cls, config) -> str:
-        raise NotImplementedError
+def note_injection(tuner, adapter_name: str) -> None:
+    """Record which PEFT loading call (if any) is creating ``adapter_name``, so that only that call rolls it back."""
+    frames = _peft_loading_frames()
+    tuner.__dict__.setdefault("_created_by_load", {})[adapter_name] = frames[0] if frames else None
 
-    @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        what = f"{cls.method_name} adapter {adapter_name!r} ({cls._describe_config(config)})"
-        return check_adapter_state_dict(model, adapter_name, remapped, what)
+
+def _created_by_this_load(tuner, adapter_name: str) -> bool:
+    creator = tuner.__dict__.get("_created_by_load", {}).get(adapter_name)
+    return creator is not None and creator in _peft_loading_frames()
+
+
+def snapshot_base_state(tuner, model) -> None:
+    """Remember what a failed first load must restore: the base model's ``requires_grad`` flags and tags."""
+    tuner.__dict__["_base_state_before_injection"] = (
+        {id(p): p.requires_grad for p in model.parameters()},
+        list(getattr(model, "model_tags", None) or []),
+    )
 
 
 def _roll_back(peft_model, adapter_name: str) -> None:
@@ -45,6 +55,8 @@ def _roll_back(peft_model, adapter_name: str) -> None:
     if not isinstance(peft_model, PeftModel):  # layers injected without a PeftModel: nothing of ours to undo
         return
     tuner = peft_model.base_model
+    if not _created_by_this_load(tuner, adapter_name):  # the adapter existed before this load: keep it as it is
+        return
     if len(tuner.peft_config) > 1:
         tuner.delete_adapter(adapter_name)
         return
@@ -56,20 +68,26 @@ def _roll_back(peft_model, adapter_name: str) -> None:
         model.model_tags = tags or None
 
 
+def _is_auxiliary_key(key: str, adapter_name: str) -> bool:
+    """A ``modules_to_save`` / trainable-token tensor of ``adapter_name`` (not of another adapter)."""
+    return f".modules_to_save.{adapter_name}." in key or (
+        "trainable_tokens_" in key and (key.endswith(f".{adapter_name}") or f".{adapter_name}." in key)
+    )
+
+
 def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what: str) -> dict:
     """Raise ``ValueError`` naming every mismatch between ``remapped`` (checkpoint keys already mapped to model keys)
-    and the adapter ``adapter_name`` of ``peft_model``, after rolling the adapter back. ``what`` names the adapter
-    and its config in the message, e.g. ``"GIFT adapter 'default' (r=4, sharing='module')"``. Returns
-    ``remapped``."""
+    and the adapter ``adapter_name`` of ``peft_model``, after rolling back an adapter this load created. ``what``
+    names the adapter and its config in the message, e.g. ``"GIFT adapter 'default' (r=4, sharing='module')"``.
+    Returns ``remapped``."""
     own = peft_model.state_dict()
     expected = _filter_state_dict_by_key_prefixes(own, _get_tuner_state_dict_key_prefixes(peft_model, adapter_name))
+    expected.update({k: v for k, v in own.items() if _is_auxiliary_key(k, adapter_name)})
     problems = []
     missing = sorted(set(expected) - set(remapped))
     if missing:
         problems.append(f"missing tensors {missing}")
-    unexpected = sorted(
-        k for k in remapped if k not in expected and not (k in own and (".modules_to_save." in k or "trainable_tokens_" in k))
-    )
+    unexpected = sorted(k for k in remapped if k not in expected)
     if unexpected:
         problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     for key in sorted(set(expected) & set(remapped)):
@@ -86,4 +104,5 @@ def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what
             f"Cannot load {what}: the adapter file does not match its adapter_config.json and this model: "
             + "; ".join(problems) + "."
         )
+    peft_model.base_model.__dict__.get("_created_by_load", {}).pop(adapter_name, None)
     return remapped

@@ -89,10 +89,12 @@ def load_fails(folder, match, exc=ValueError, untouched=True):
     (dict(r=True), TypeError, r"r must be an int"),
     (dict(sharing="global"), ValueError, r"sharing must be one of .*'global'"),
     (dict(init="lora"), ValueError, r"init must be one of .*'lora'"),
-    (dict(alpha=0), ValueError, r"alpha must be a number > 0"),
+    (dict(alpha=0), ValueError, r"alpha must be a finite number > 0"),
+    (dict(alpha=float("inf")), ValueError, r"alpha must be a finite number > 0 or None, got inf"),
+    (dict(alpha="2"), TypeError, r"alpha must be a number"),
+    (dict(dropout="0.1"), TypeError, r"dropout must be a float in \[0, 1\), got '0.1'"),
     (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
     (dict(layers_pattern="layers"), ValueError, r"layers_pattern requires layers_to_transform"),
-    (dict(target_modules=r".*q_proj", layers_to_transform=[0]), ValueError, r"regex"),
 ])
 def test_bad_gift_config(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -102,7 +104,8 @@ def test_bad_gift_config(kwargs, exc, match):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(mode="shift"), r"`mode` must be one of"),
     (dict(heads=[(0, 1), (0, 1)]), r"duplicate"),
-    (dict(mode="bias", heads=[]), r"`heads` is empty"),
+    (dict(mode="bias", heads=[]), r"heads is empty"),
+    (dict(mode="scale", heads=[]), r"heads is empty \(mode='scale'\): select at least one"),
     (dict(l1_lambda=float("nan")), r"`l1_lambda` must be a finite float"),
 ])
 def test_bad_lofit_config(kwargs, match):

@@ -26,7 +26,6 @@ def test_defaults_and_peft_type():
         ({"alpha": -1.0}, "alpha"),
         ({"dropout": 1.0}, "dropout"),
         ({"dropout": -0.1}, "dropout"),
-        ({"target_modules": ".*q_proj", "layers_to_transform": [0]}, "layers_to_transform"),
         ({"layers_pattern": "layers"}, "layers_pattern"),
     ],
 )

@@ -167,28 +167,6 @@ def test_trainer_changes_only_adapter_params(tmp_path):
             assert torch.equal(value, base_state[key.replace(".base_layer", "")]), key
 
 
-def test_trainer_scale_mode_sees_l1_term(tmp_path):
-    """No task_type, so BaseTuner.forward is bypassed: the Trainer's loss must still contain λ·Σ|A|."""
-    data = [dict(input_ids=row, labels=row) for row in text_inputs(8, 12)["input_ids"]]
-
-    def train(lam):
-        pm = get_peft_model(tiny_gpt2(), LofitConfig(mode="scale", l1_lambda=lam, init_std=0.05))
-        start = sum(layer.lofit_head_scale["default"].abs().sum().item() for layer in lofit_layers(pm))
-        args = TrainingArguments(
-            output_dir=str(tmp_path / str(lam)), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
-            report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-        )
-        result = Trainer(model=pm, args=args, train_dataset=data).train()
-        end = sum(layer.lofit_head_scale["default"].abs().sum().item() for layer in lofit_layers(pm))
-        return result.training_loss, start, end
-
-    loss_l1, start_l1, end_l1 = train(100.0)
-    loss_plain, start_plain, end_plain = train(0.0)
-    assert start_l1 == pytest.approx(start_plain)  # same seed, same init
-    assert loss_l1 > loss_plain + 100.0 * end_l1 * 0.9  # the penalty (>= 100·Σ|A| at the last step) is in the loss
-    assert end_l1 < start_l1 and end_l1 < end_plain
-
-
 def test_bf16_base_fp32_adapters():
     inputs = text_inputs()
     base = tiny_llama().to(torch.bfloat16)

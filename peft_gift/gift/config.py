@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
 from .._registry import GIFT
+from ..targets import normalize_module_names
 
 SHARING_MODES = ("module", "all", "layer")
 INIT_SCHEMES = ("gift", "wegeft")
@@ -85,16 +88,18 @@ class GiftConfig(PeftConfig):
             raise ValueError(f"GiftConfig.sharing must be one of {SHARING_MODES}, got {self.sharing!r}")
         if self.init not in INIT_SCHEMES:
             raise ValueError(f"GiftConfig.init must be one of {INIT_SCHEMES}, got {self.init!r}")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or not float(self.alpha) > 0):
-            raise ValueError(f"GiftConfig.alpha must be a number > 0 or None, got {self.alpha!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if self.alpha is not None:
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
+                raise TypeError(f"GiftConfig.alpha must be a number > 0 or None, got {self.alpha!r}")
+            if not (math.isfinite(self.alpha) and self.alpha > 0):
+                raise ValueError(f"GiftConfig.alpha must be a finite number > 0 or None, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
+            raise TypeError(f"GiftConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GiftConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.target_modules, (set, tuple)):
-            self.target_modules = sorted(self.target_modules)
-        if isinstance(self.exclude_modules, (set, tuple)):
-            self.exclude_modules = sorted(self.exclude_modules)
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("GiftConfig.layers_to_transform cannot be used when target_modules is a regex string")
+        self.dropout = float(self.dropout)
+        self.target_modules = normalize_module_names(self.target_modules)
+        self.exclude_modules = normalize_module_names(self.exclude_modules)
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("GiftConfig.layers_pattern requires layers_to_transform to be set")
 

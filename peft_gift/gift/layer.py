@@ -1,4 +1,4 @@
-"""GIFT tuner layer: feeds x + s·φ(ψx) to the untouched base layer; merges W ← W(I + s·φψ) exactly."""
+"""GIFT tuner layer: feeds x + s·φ(ψx) to the untouched base layer; merges W ← W(I + s·φψ) and restores W exactly."""
 
 from __future__ import annotations
 
@@ -6,48 +6,60 @@ import warnings
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
+from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..mixed_batch import forward_with_edited_input
+from ..input_edit import InputEditLayer
+
+# Above this condition number of I + Σ s φψ, the Woodbury unmerge would lose more than ~10 units of the weight
+# dtype's rounding, so merging keeps a copy of the original weight instead (as it always does for 16-bit weights).
+MAX_INVERTIBLE_CONDITION = 10.0
 
 
-class GiftLayer(BaseTunerLayer):
+class GiftLayer(InputEditLayer):
     """Mixin for layers adapted by GIFT: Ŵ = W (I + Σ_a s_a φ_a ψ_a) over the active adapters a.
 
-    Θ_a = (φ_a, ψ_a) is *not* stored here: it lives once per sharing group on the `GiftModel` tuner
-    (``gift_phi[adapter][group]``, ``gift_psi[adapter][group]``). The layer keeps an unregistered reference to those
-    two containers and, per adapter, the name of its group, the scale s and the dropout module.
+    Θ_a = (φ_a, ψ_a) is *not* registered here: it lives once per sharing group on the `GiftModel` tuner
+    (``gift_phi[adapter][group]``, ``gift_psi[adapter][group]``). Per adapter, the layer holds that adapter's two
+    group containers (``gift_theta[adapter]``, unregistered), its group name, the scale s and the dropout module, all
+    set together by `update_layer` — the only way an adapter enters a layer — so a layer cannot keep using Θ of a
+    tuner or load that is gone.
     """
 
     adapter_layer_names = ("gift_dropout",)
-    other_param_names = ("gift_group", "gift_scaling")
+    other_param_names = ("gift_theta", "gift_group", "gift_scaling")
 
-    def __init__(self, base_layer: nn.Module, theta: tuple[nn.ModuleDict, nn.ModuleDict], **kwargs) -> None:
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
         self.gift_dropout = nn.ModuleDict()
+        self.gift_theta: dict[str, tuple[nn.ParameterDict, nn.ParameterDict]] = {}
         self.gift_group: dict[str, str] = {}
         self.gift_scaling: dict[str, float] = {}
-        # plain tuple: the tuner's (gift_phi, gift_psi) containers, deliberately not registered as submodules
-        self._gift_theta = theta
         self._disable_adapters = False
         self.merged_adapters = []
+        # the original weight, kept while merged when the Woodbury inverse could not restore it exactly
+        self._unmerged_weight_copy: Optional[torch.Tensor] = None
+        self.quantization_backend = resolve_quantization_backend(self.get_base_layer())
         self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.fan_in_fan_out = isinstance(self.get_base_layer(), Conv1D)  # Conv1D stores its weight as (in, out)
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, group: str, scaling: float, dropout: float) -> None:
+    def update_layer(self, adapter_name: str, theta: tuple[nn.ParameterDict, nn.ParameterDict], group: str,
+                     config) -> None:
+        """Attach adapter ``adapter_name``: its Θ containers on the tuner, its group, scale and dropout."""
+        self.gift_theta[adapter_name] = theta
         self.gift_group[adapter_name] = group
-        self.gift_scaling[adapter_name] = scaling
-        self.gift_dropout[adapter_name] = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.gift_scaling[adapter_name] = config.scaling
+        self.gift_dropout[adapter_name] = nn.Dropout(p=config.dropout) if config.dropout > 0 else nn.Identity()
         self.set_adapter(self.active_adapters)
 
     def theta(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(φ, ψ) of ``adapter_name`` for this layer's group (φ: d_in×r, ψ: r×d_in)."""
         group = self.gift_group[adapter_name]
-        phi, psi = self._gift_theta
-        return phi[adapter_name][group], psi[adapter_name][group]
+        phi, psi = self.gift_theta[adapter_name]
+        return phi[group], psi[group]
 
     # ---- exact merge / unmerge ---------------------------------------------------------------------------------
     def _low_rank_factors(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +76,10 @@ class GiftLayer(BaseTunerLayer):
         return weight.T if self.fan_in_fan_out else weight
 
     def unmerged_weight(self) -> torch.Tensor:
-        """The original W (out×in, float64), recovered from the merged weight by Woodbury if needed:
+        """The original W (out×in, float64): the kept copy, or recovered from the merged weight by Woodbury:
         W = W'(I + UV)⁻¹ = W' − (W'U)(I_R + VU)⁻¹V."""
+        if self._unmerged_weight_copy is not None:
+            return self._unmerged_weight_copy.to(self.get_base_layer().weight.device, torch.float64)
         weight = self._weight_as_out_in().double()
         if not self.merged_adapters:
             return weight
@@ -73,10 +87,13 @@ class GiftLayer(BaseTunerLayer):
         eye = torch.eye(v.shape[0], dtype=torch.float64, device=v.device)
         return weight - torch.linalg.solve((eye + v @ u).T, (weight @ u).T).T @ v
 
-    def _write_weight(self, weight64: torch.Tensor) -> None:
+    def _base_dtype(self) -> torch.dtype:
         dtype = self.get_base_layer().weight.dtype
+        return dtype if dtype.is_floating_point else torch.float32
+
+    def _as_base_weight(self, weight64: torch.Tensor) -> torch.Tensor:
         new = weight64.T if self.fan_in_fan_out else weight64
-        self.set_base_weight(new.to(dtype if dtype.is_floating_point else torch.float32).contiguous())
+        return new.to(self._base_dtype()).contiguous()
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW_a = s_a · (W φ_a) ψ_a for the unmerged W, in the base layer's weight layout and dtype."""
@@ -84,31 +101,48 @@ class GiftLayer(BaseTunerLayer):
         u, v = self._low_rank_factors([adapter_name])
         delta = (weight @ u) @ v
         delta = delta.T if self.fan_in_fan_out else delta
-        return delta.to(self.get_base_layer().weight.dtype)
+        return delta.to(self._base_dtype())
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """W ← W₀ (I + Σ s_a φ_a ψ_a) over the already merged and the newly merged adapters, where W₀ is the
-        original weight. Merging [a] then [b] therefore equals merging [a, b] at once."""
+        original weight. Merging [a] then [b] therefore equals merging [a, b] at once. W₀ is kept (a copy) when the
+        weight is 16-bit or cond(I + Σ s φψ) > `MAX_INVERTIBLE_CONDITION`, so that `unmerge` is always exact."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         adapter_names = [name for name in adapter_names if name in self.gift_group]
         if not adapter_names:
             return
         weight = self.unmerged_weight()
         u, v = self._low_rank_factors(self.merged_adapters + adapter_names)
-        merged = weight + (weight @ u) @ v
+        merged = self._as_base_weight(weight + (weight @ u) @ v)
         if safe_merge and not torch.isfinite(merged).all():
             raise ValueError(
-                f"NaNs detected in the merged weights. The adapter {adapter_names} seems to be broken"
+                f"NaNs detected in the merged weights. The adapter {', '.join(adapter_names)} seems to be broken"
             )
-        self._write_weight(merged)
+        if self._unmerged_weight_copy is None and not self._woodbury_is_exact(u, v):
+            self._unmerged_weight_copy = weight.to(self._base_dtype())  # out×in, exact: W₀ came from this dtype
+        self.set_base_weight(merged)
         self.merged_adapters.extend(adapter_names)
 
+    def _woodbury_is_exact(self, u: torch.Tensor, v: torch.Tensor) -> bool:
+        """Whether W can be recovered from W(I + UV) to ~the weight dtype's rounding: a 32/64-bit weight and
+        cond(I + UV) <= MAX_INVERTIBLE_CONDITION. I + UV is the identity outside span(U, Vᵀ), so its singular values
+        are those of a 2R×2R matrix (computed in float64)."""
+        if self._base_dtype() not in (torch.float32, torch.float64):
+            return False
+        basis, _ = torch.linalg.qr(torch.cat([u, v.T], dim=1))
+        restricted = torch.eye(basis.shape[1], dtype=torch.float64, device=u.device) + (basis.T @ u) @ (v @ basis)
+        singular = torch.linalg.svdvals(restricted)
+        largest, smallest = max(float(singular.max()), 1.0), min(float(singular.min()), 1.0)
+        return smallest > 0 and largest / smallest <= MAX_INVERTIBLE_CONDITION
+
     def unmerge(self) -> None:
-        """Restore the original W exactly (up to float64 round-off and the weight dtype) without a stored copy."""
+        """Restore the original W exactly: from the kept copy, or by Woodbury in float64 (well-conditioned 32-bit)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
-        self._write_weight(self.unmerged_weight())
+        weight = self.unmerged_weight()
+        self.set_base_weight(self._as_base_weight(weight))
+        self._unmerged_weight_copy = None
         self.merged_adapters = []
 
     # ---- forward -----------------------------------------------------------------------------------------------
@@ -134,23 +168,14 @@ class Linear(nn.Module, GiftLayer):
     """GIFT on a linear layer (``nn.Linear``, GPT-2 ``Conv1D`` or a quantized linear): y = W(x + s·φ(ψx)) + b,
     i.e. Ŵ = W(I + s·φψ). Never builds a d_out×d_in or d_out×r product during the forward pass."""
 
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        adapter_name: str,
-        theta: tuple[nn.ModuleDict, nn.ModuleDict],
-        group: str,
-        scaling: float,
-        dropout: float = 0.0,
-        **kwargs,
-    ) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, theta, group: str, config, **kwargs) -> None:
         super().__init__()
-        GiftLayer.__init__(self, base_layer, theta, **kwargs)
+        GiftLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, group, scaling, dropout)
+        self.update_layer(adapter_name, theta, group, config)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
-        return forward_with_edited_input(self, x, *args, adapter_names=adapter_names, **kwargs)
+        return self.edited_forward(x, *args, adapter_names=adapter_names, **kwargs)
 
     def __repr__(self) -> str:
         return "gift." + super().__repr__()

@@ -6,39 +6,31 @@ import math
 from typing import Optional, Sequence
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_in_out_features
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
+from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .._checked_load import CheckedLoading
-from ..mixed_batch import adapter_names_hooks
+from ..targets import TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING
+from ..tuner import InputEditTuner
 from .config import GiftConfig
 from .layer import GiftLayer, Linear
 
-_ATTENTION_QV = ["q_proj", "v_proj"]
-TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING: dict[str, list[str]] = {
-    **TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
-    **{name: _ATTENTION_QV for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
-    **{name: _ATTENTION_QV for name in ("vit", "dinov2", "dinov2_with_registers")},
-    "gpt2": ["c_attn"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "t5": ["q", "v"],
-    "mt5": ["q", "v"],
-}
+
+def _escape(part: str) -> str:
+    return part.replace("~", "~~").replace("-", "~-")
 
 
 def group_key(module_name: str, sharing: str) -> str:
     """Name of the Θ group of a targeted module: 'all'; the path without layer indices ('module'); the full path
-    ('layer'). Dots become '-' since parameter names cannot contain dots."""
+    ('layer'). Parameter names cannot contain '.', so path parts are joined by '-' after escaping '~' and '-' with
+    '~' — an injective name — and a path with no part left (a Linear directly in an ``nn.Sequential``) is '~root'."""
     if sharing == "all":
         return "all"
     parts = module_name.split(".")
     if sharing == "module":
         parts = [part for part in parts if not part.isdigit()]
-    return "-".join(parts)
+    return "-".join(_escape(part) for part in parts) or "~root"
 
 
 def _is_supported(base: nn.Module) -> bool:
@@ -48,32 +40,25 @@ def _is_supported(base: nn.Module) -> bool:
     return backend is not None and getattr(backend, "layer_type", None) == "linear"
 
 
-class GiftModel(CheckedLoading, BaseTuner):
+class GiftModel(InputEditTuner):
     """PEFT tuner for GIFT: each targeted linear layer computes Ŵx = W(x + Σ_a s_a φ_a(ψ_a x)), i.e.
     Ŵ = W(I + Σ_a s_a φ_a ψ_a), where Θ_a = (φ_a, ψ_a) is shared by all layers of a sharing group.
 
     Θ is stored once per (adapter, group) on this tuner, as ``gift_phi[adapter][group]`` (d_in × r) and
     ``gift_psi[adapter][group]`` (r × d_in); the adapter file therefore holds exactly two tensors per group
-    (``base_model.gift_phi.<group>``, ``base_model.gift_psi.<group>``).
+    (``base_model.gift_phi.<group>``, ``base_model.gift_psi.<group>``). PEFT's generic trainability bookkeeping only
+    sees the wrapped model, so this tuner keeps Θ's ``requires_grad`` in step with it.
     """
 
     prefix: str = "gift_"
     tuner_layer_cls = GiftLayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING
     uses_shared_state: bool = True
+    method_name = "GIFT"
 
-    # ---- configuration & validation -----------------------------------------------------------------------------
-    def _prepare_adapter_config(self, peft_config: GiftConfig, model_config: dict) -> GiftConfig:
-        if peft_config.target_modules is None:
-            model_type = model_config.get("model_type")
-            if model_type not in self.target_module_mapping:
-                raise ValueError(
-                    f"GiftConfig.target_modules is required: no default for model_type={model_type!r}. Pass the "
-                    f"names of the linear layers to adapt, e.g. target_modules=['q_proj', 'v_proj']; defaults exist "
-                    f"for {sorted(TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING)[:12]}..."
-                )
-            peft_config.target_modules = list(self.target_module_mapping[model_type])
-        return peft_config
+    @classmethod
+    def _describe_config(cls, config: GiftConfig) -> str:
+        return f"r={config.r}, sharing={config.sharing!r}"
 
     def _check_targets(self, model: nn.Module, config: GiftConfig) -> None:
         """Raise before any change if a module this config targets is unsupported or a Θ group mixes in_features."""
@@ -91,61 +76,54 @@ class GiftModel(CheckedLoading, BaseTuner):
                 )
             in_features, _ = _get_in_out_features(base)
             groups.setdefault(group_key(name, config.sharing), []).append((name, in_features))
-        for group, members in groups.items():
-            sizes = {d for _, d in members}
-            if len(sizes) > 1:
+        for members in groups.values():
+            if len({d for _, d in members}) > 1:
                 clash = ", ".join(f"{n} (in_features={d})" for n, d in members[:6])
                 raise ValueError(
                     f"GiftConfig.sharing={config.sharing!r} shares one Θ between modules with different in_features: "
                     f"{clash}. Use sharing='module' or 'layer', or target modules of equal in_features."
                 )
 
-    def inject_adapter(
-        self,
-        model: nn.Module,
-        adapter_name: str,
-        autocast_adapter_dtype: bool = True,
-        low_cpu_mem_usage: bool = False,
-        state_dict: Optional[dict[str, torch.Tensor]] = None,
-    ) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         for container in ("gift_phi", "gift_psi"):
             if container not in self._modules:
                 setattr(self, container, nn.ModuleDict())
         config = self._prepare_adapter_config(self.peft_config[adapter_name], self.get_model_config(model))
         self._check_targets(model, config)
+        # as PEFT does for the parameters it sees: adding an adapter leaves the other adapters' trainability alone
+        others = [p for name in list(self.gift_phi) if name != adapter_name for p in self._theta_parameters(name)]
+        flags = [(p, p.requires_grad) for p in others]
         try:
-            super().inject_adapter(
-                model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
-                low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict,
-            )
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
         except Exception:
             self._remove_theta(adapter_name)
             for module in model.modules():
                 if isinstance(module, GiftLayer) and adapter_name in module.gift_group:
                     module.delete_adapter(adapter_name)
             raise
-        base = self.model
-        if hasattr(base, "add_model_tags"):
-            base.add_model_tags(["gift"])
+        finally:
+            for param, requires_grad in flags:
+                param.requires_grad_(requires_grad)
 
     # ---- Θ management -------------------------------------------------------------------------------------------
-    def _get_or_create_theta(self, adapter_name: str, group: str, config: GiftConfig, in_features: int,
-                             weight: torch.Tensor) -> None:
-        """Allocate Θ of (adapter, group) on the base weight's device and dtype the first time a layer needs it."""
+    def _theta_containers(self, adapter_name: str, group: str, config: GiftConfig, in_features: int,
+                          weight: torch.Tensor) -> tuple[nn.ParameterDict, nn.ParameterDict]:
+        """This adapter's (φ, ψ) group containers, allocating Θ of ``group`` (on the base weight's device and dtype)
+        the first time a layer of the group needs it."""
         for container in (self.gift_phi, self.gift_psi):
             if adapter_name not in container:
                 container[adapter_name] = nn.ParameterDict()
         phi_dict, psi_dict = self.gift_phi[adapter_name], self.gift_psi[adapter_name]
-        if group in phi_dict:
-            return
-        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
-        phi = torch.zeros(in_features, config.r, dtype=torch.float32, device=weight.device)
-        psi = torch.zeros(config.r, in_features, dtype=torch.float32, device=weight.device)
-        if weight.device.type != "meta":
-            # nn.Linear's default init, U(±1/sqrt(fan_in)), for the factor that is not zero
-            nn.init.kaiming_uniform_(phi if config.init == "gift" else psi, a=math.sqrt(5))
-        phi_dict[group] = nn.Parameter(phi.to(dtype))
-        psi_dict[group] = nn.Parameter(psi.to(dtype))
+        if group not in phi_dict:
+            dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+            phi = torch.zeros(in_features, config.r, dtype=torch.float32, device=weight.device)
+            psi = torch.zeros(config.r, in_features, dtype=torch.float32, device=weight.device)
+            if weight.device.type != "meta":
+                # nn.Linear's default init, U(±1/sqrt(fan_in)), for the factor that is not zero
+                nn.init.kaiming_uniform_(phi if config.init == "gift" else psi, a=math.sqrt(5))
+            phi_dict[group] = nn.Parameter(phi.to(dtype))
+            psi_dict[group] = nn.Parameter(psi.to(dtype))
+        return phi_dict, psi_dict
 
     def _remove_theta(self, adapter_name: str) -> None:
         for container in (self.gift_phi, self.gift_psi):
@@ -167,19 +145,12 @@ class GiftModel(CheckedLoading, BaseTuner):
         base = target.get_base_layer() if isinstance(target, GiftLayer) else target
         in_features, _ = _get_in_out_features(base)
         weight = base.weight if hasattr(base, "weight") else next(base.parameters())
-        self._get_or_create_theta(adapter_name, group, peft_config, in_features, weight)
+        theta = self._theta_containers(adapter_name, group, peft_config, in_features, weight)
         if isinstance(target, GiftLayer):
-            target.update_layer(adapter_name, group, peft_config.scaling, peft_config.dropout)
+            target.update_layer(adapter_name, theta, group, peft_config)
             return
-        new_module = Linear(
-            target, adapter_name, theta=(self.gift_phi, self.gift_psi), group=group,
-            scaling=peft_config.scaling, dropout=peft_config.dropout,
-        )
+        new_module = Linear(target, adapter_name, theta=theta, group=group, config=peft_config)
         self._replace_module(parent, target_name, new_module, target)
-
-    def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample."""
-        return adapter_names_hooks(self, GiftLayer, *args, **kwargs)
 
     # ---- keep Θ's requires_grad / dtype in step with PEFT's generic bookkeeping ---------------------------------
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
@@ -209,12 +180,6 @@ class GiftModel(CheckedLoading, BaseTuner):
             for group, param in list(params.items()):
                 if param.dtype in (torch.float16, torch.bfloat16):
                     params[group] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
-
-    method_name = "GIFT"
-
-    @classmethod
-    def _describe_config(cls, config: GiftConfig) -> str:
-        return f"r={config.r}, sharing={config.sharing!r}"
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

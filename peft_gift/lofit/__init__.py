@@ -1,6 +1,7 @@
 """LoFiT: localized fine-tuning of attention heads (scales on every head, then offsets on the selected heads)."""
 
-from .config import TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING, LofitConfig
+from ..targets import TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING
+from .config import LofitConfig
 from .layer import Linear, LofitLayer
 from .model import LofitModel
 from .selection import head_scores, lofit_stage2_config, select_heads

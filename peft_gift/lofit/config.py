@@ -10,33 +10,9 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 
 from .._registry import LOFIT
+from ..targets import normalize_module_names
 
 VALID_MODES = ("scale", "bias")
-
-# Default targets: the attention *output* projection of each architecture (its input is the concatenation of the
-# per-head attention outputs z = [z_0, ..., z_{H-1}]). Lists are suffix matches, strings are full regex matches.
-# GPT-2 and BERT-style models also have an MLP projection with the same trailing name (`mlp.c_proj`, `output.dense`),
-# so they need a regex that pins the attention block.
-_O_PROJ = ["o_proj"]
-TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING: dict[str, Union[list[str], str]] = {
-    **{
-        model_type: _O_PROJ
-        for model_type in (
-            "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-            "gemma3_text", "olmo", "olmo2", "granite", "smollm3", "phi3", "starcoder2", "cohere", "stablelm",
-            "vit", "dinov2",
-        )
-    },
-    "gpt2": r".*\.attn\.c_proj$",
-    "bert": r".*\.attention\.output\.dense$",
-    "roberta": r".*\.attention\.output\.dense$",
-    "xlm-roberta": r".*\.attention\.output\.dense$",
-    "camembert": r".*\.attention\.output\.dense$",
-    "electra": r".*\.attention\.output\.dense$",
-    "gpt_neox": r".*\.attention\.dense$",
-    "opt": r".*\.self_attn\.out_proj$",
-}
-
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -162,10 +138,10 @@ class LofitConfig(PeftConfig):
         if self.mode not in VALID_MODES:
             raise ValueError(f"`mode` must be one of {list(VALID_MODES)}, got {self.mode!r}.")
         self.heads = normalize_heads(self.heads)
-        if self.mode == "bias" and self.heads is not None and len(self.heads) == 0:
+        if self.heads is not None and len(self.heads) == 0:
             raise ValueError(
-                "`heads` is empty in mode='bias': select at least one (layer, head) pair (e.g. with "
-                "peft_gift.select_heads), or pass heads=None to add an offset to every head."
+                f"LofitConfig.heads is empty (mode={self.mode!r}): select at least one (layer, head) pair (e.g. with "
+                "peft_gift.select_heads), or pass heads=None to adapt every head."
             )
         for name in ("l1_lambda", "init_std"):
             value = getattr(self, name)
@@ -182,10 +158,8 @@ class LofitConfig(PeftConfig):
                 raise ValueError(
                     f"`layers_to_transform` must be an int >= 0 or a list of them, got {self.layers_to_transform!r}."
                 )
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        self.target_modules = normalize_module_names(self.target_modules)
+        self.exclude_modules = normalize_module_names(self.exclude_modules)
 
     @property
     def selected_layers(self) -> Optional[set[int]]:

@@ -7,17 +7,40 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..mixed_batch import forward_with_edited_input
+from ..input_edit import InputEditLayer
 
 # Below this |1 + A| a merged scale cannot be divided out accurately, so merging keeps a copy of the weight instead.
 _MIN_INVERTIBLE_SCALE = 1e-3
 
 
-class LofitLayer(BaseTunerLayer):
+class _WithL1Gradient(torch.autograd.Function):
+    """Identity on a scale tensor A whose backward adds λ·sign(A) = ∂(λ·Σ|A|)/∂A to A's gradient once per optimizer
+    step: only in the first backward since the gradients were zeroed (``A.grad`` None or all zero).
+
+    So LoFiT's L1 term acts however the loss is computed (HF Trainer, TRL, a custom loop), is counted once per step
+    under gradient accumulation (however the micro-batch losses are scaled), works with gradient checkpointing, and
+    never enters a reported loss value. It cannot see a loss scale: with fp16 ``GradScaler`` the term is divided by
+    the scale (use bf16, or set the config's ``l1_lambda=0`` and add ``LofitModel.l1_penalty(l1_lambda=λ)`` to the
+    loss yourself)."""
+
+    @staticmethod
+    def forward(ctx, scale: torch.Tensor, l1_lambda: float) -> torch.Tensor:
+        ctx.scale, ctx.l1_lambda = scale, l1_lambda
+        return scale.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        scale = ctx.scale
+        if scale.grad is None or not bool(scale.grad.any()):
+            grad = grad + ctx.l1_lambda * torch.sign(scale.detach()).to(grad.dtype)
+        return grad, None
+
+
+class LofitLayer(InputEditLayer):
     r"""Mixin holding LoFiT's per-head parameters for one attention output projection.
 
     The projection's input z (last dim = ``num_heads * head_dim``, heads concatenated) is viewed as ``(num_heads,
@@ -32,14 +55,15 @@ class LofitLayer(BaseTunerLayer):
     """
 
     adapter_layer_names = ("lofit_head_scale", "lofit_head_offset")
-    other_param_names = ("lofit_head_index",)
+    other_param_names = ("lofit_head_index", "lofit_l1_lambda")
 
-    def __init__(self, base_layer: nn.Module, layer_index: int, **kwargs) -> None:
+    def __init__(self, base_layer: nn.Module, layer_index: Optional[int], **kwargs) -> None:
         self.base_layer = base_layer
         self.lofit_head_scale = nn.ParameterDict({})
         self.lofit_head_offset = nn.ParameterDict({})
         self.lofit_head_index = BufferDict({}, persistent=False)
-        self.layer_index = int(layer_index)
+        self.layer_index = None if layer_index is None else int(layer_index)
+        self.lofit_l1_lambda: dict[str, float] = {}  # per scale adapter: λ of its L1 penalty
         # per adapter: (num_heads, head_dim) used to interpret the input of this projection
         self.head_shapes: dict[str, tuple[int, int]] = {}
         self._disable_adapters = False
@@ -64,10 +88,11 @@ class LofitLayer(BaseTunerLayer):
         head_dim: int,
         heads: Optional[list[int]],
         init_std: float,
+        l1_lambda: float = 0.0,
         inference_mode: bool = False,
     ) -> None:
         """Create the parameters of ``adapter_name``: a ``(K, head_dim)`` tensor for the heads in ``heads``
-        (``None`` = all ``num_heads``), drawn from N(0, init_std^2)."""
+        (``None`` = all ``num_heads``), drawn from N(0, init_std^2); a scale adapter also records its λ."""
         if num_heads * head_dim != self.in_features:
             raise ValueError(
                 f"in_features={self.in_features} of layer {self.layer_index} != num_heads * head_dim = "
@@ -83,6 +108,8 @@ class LofitLayer(BaseTunerLayer):
         container[adapter_name] = nn.Parameter(values)
         self.lofit_head_index[adapter_name] = torch.tensor(head_ids, dtype=torch.long)
         self.head_shapes[adapter_name] = (num_heads, head_dim)
+        if mode == "scale":
+            self.lofit_l1_lambda[adapter_name] = float(l1_lambda)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
@@ -123,12 +150,30 @@ class LofitLayer(BaseTunerLayer):
         scale = offset = None
         for name in adapter_names:
             if name in self.lofit_head_scale:
-                s = self.get_scale_vector(name)
+                values = self.lofit_head_scale[name]
+                l1_lambda = self.lofit_l1_lambda.get(name, 0.0)
+                if l1_lambda > 0 and values.requires_grad and torch.is_grad_enabled():
+                    values = _WithL1Gradient.apply(values, l1_lambda)
+                s = self._expand(name, 1.0 + values, 1.0)
                 scale = s if scale is None else scale * s
             elif name in self.lofit_head_offset:
                 v = self.get_offset_vector(name)
                 offset = v if offset is None else offset + v
         return scale, offset
+
+    def edit_input(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
+        """Apply the head edits of ``adapter_names`` to the projection input ``x`` (..., in_features)."""
+        scale, offset = self._combined_edit(adapter_names)
+        if scale is None and offset is None:
+            return x
+        ref = scale if scale is not None else offset
+        compute_dtype = torch.promote_types(x.dtype, ref.dtype)
+        z = x.to(compute_dtype)
+        if scale is not None:
+            z = z * scale.to(device=x.device, dtype=compute_dtype)
+        if offset is not None:
+            z = z + offset.to(device=x.device, dtype=compute_dtype)
+        return z.to(x.dtype)
 
     # ------------------------------------------------------------------ weights in (out, in) layout
     def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
@@ -253,6 +298,7 @@ class Linear(nn.Module, LofitLayer):
         head_dim: int,
         heads: Optional[list[int]],
         init_std: float,
+        l1_lambda: float = 0.0,
         inference_mode: bool = False,
         **kwargs,
     ) -> None:
@@ -261,25 +307,11 @@ class Linear(nn.Module, LofitLayer):
         self._active_adapter = adapter_name
         self.update_layer(
             adapter_name, mode=mode, num_heads=num_heads, head_dim=head_dim, heads=heads, init_std=init_std,
-            inference_mode=inference_mode,
+            l1_lambda=l1_lambda, inference_mode=inference_mode,
         )
 
-    def edit_input(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
-        """Apply the head edits of ``adapter_names`` to the projection input ``x`` (..., in_features)."""
-        scale, offset = self._combined_edit(adapter_names)
-        if scale is None and offset is None:
-            return x
-        ref = scale if scale is not None else offset
-        compute_dtype = torch.promote_types(x.dtype, ref.dtype)
-        z = x.to(compute_dtype)
-        if scale is not None:
-            z = z * scale.to(device=x.device, dtype=compute_dtype)
-        if offset is not None:
-            z = z + offset.to(device=x.device, dtype=compute_dtype)
-        return z.to(x.dtype)
-
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
-        return forward_with_edited_input(self, x, *args, adapter_names=adapter_names, **kwargs)
+        return self.edited_forward(x, *args, adapter_names=adapter_names, **kwargs)
 
     def __repr__(self) -> str:
         rep = super().__repr__()
