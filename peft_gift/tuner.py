@@ -36,6 +36,12 @@ class InputEditTuner(BaseTuner):
         if hasattr(model, "add_model_tags"):
             model.add_model_tags([self.method_name.lower()])
 
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # Our layers keep the base layer and create their tensors on its device, so replacing is just that. PEFT's
+        # generic version also copies ``child.weight`` onto modules without a base layer, which breaks unloading a
+        # ``modules_to_save`` head that is not a Linear (e.g. RoBERTa's classification head); LoRA overrides it too.
+        setattr(parent, child_name, new_module)
+
     def _enable_peft_forward_hooks(self, *args, **kwargs):
         """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample."""
         return adapter_names_hooks(self, self.tuner_layer_cls, *args, **kwargs)

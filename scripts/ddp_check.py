@@ -62,7 +62,7 @@ def build_model(method: str):
     elif method == "gift-all":
         config = peft_gift.GiftConfig(r=4, target_modules=["q_proj", "o_proj"], sharing="all")
     elif method == "lofit":
-        # stage 1 (scale mode) exercises the L1 term added to the loss by a forward hook
+        # stage 1 (scale mode) exercises the L1 term, applied through the gradient of the scales
         config = peft_gift.LofitConfig(mode="scale", l1_lambda=1e-3, init_std=1e-2)
     elif method == "lofit-bias":
         # stage 2: offsets on a few selected heads, no loss term

@@ -16,13 +16,12 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
 from torch import nn
 
 import peft_gift
 from peft_gift import GiftConfig, LofitConfig
 from peft_gift.gift.layer import GiftLayer
-from test_gift import randomise_theta
-from tiny_models import model_output, text_inputs, tiny_llama
 
 THETA_Q = "base_model.gift_phi.model-layers-self_attn-q_proj"
 

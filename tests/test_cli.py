@@ -14,13 +14,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from tiny_models import tiny_bert, tiny_llama, tiny_vit, word_tokenizer
 
 from peft_gift import recipes
 from peft_gift.recipes import cli, metrics
-from tiny_models import tiny_bert, tiny_llama, tiny_vit, word_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["good", "bad", "movie", "film", "plot", "great", "awful", "the", "a", "was", "is", "very", "red", "blue",

@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 from peft import get_peft_model
+from tiny_models import randomise_theta, text_inputs, tiny_llama
 
 from peft_gift import GiftConfig
-from test_gift import randomise_theta
-from tiny_models import text_inputs, tiny_llama
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ def _compare(out, method, strategy):
     return r0, single, rank_diff, ref_diff
 
 
-SUPPORTED = [(m, s) for s in ("ddp", "fsdp2", "fsdp2-keep") for m in METHODS if (m, s) != ("lofit", "fsdp2")]
+SUPPORTED = [(m, s) for s in ("ddp", "fsdp2", "fsdp2-keep") for m in METHODS]
 SUPPORTED += [("lofit", "fsdp2-layers-only"), ("lofit-bias", "fsdp2-layers-only")]
 
 
@@ -89,17 +89,6 @@ def test_fsdp2_without_root_wrap_desynchronises_gift_theta(dist_out, method):
     tuner, outside every FSDP unit, so its gradient is never averaged and the ranks drift apart."""
     _, _, rank_diff, ref_diff = _compare(dist_out, method, "fsdp2-layers-only")
     assert rank_diff > 1e-3 and ref_diff > 1e-3
-
-
-def test_fsdp2_resharded_lofit_l1_penalty_is_a_known_limitation(dist_out):
-    """LoFiT stage 1 with l1_lambda > 0 under FSDP2 with resharding decoder layers: the L1 term is computed by a
-    forward hook after the layers resharded, from DTensor shards, and the backward fails. Supported instead:
-    `reshard_after_forward=False` on the decoder layers (fsdp2-keep, tested above), l1_lambda=0, or DDP.
-    If this starts passing, update docs/distributed.md and move ("lofit", "fsdp2") into SUPPORTED."""
-    for rank in (0, 1):
-        err = os.path.join(dist_out, f"lofit-fsdp2-rank{rank}.error")
-        assert os.path.exists(err), "LoFiT + L1 under resharding FSDP2 now trains: update the docs and SUPPORTED"
-        assert "mixed torch.Tensor and DTensor" in open(err).read()
 
 
 @pytest.mark.parametrize("method", ["gift", "gift-all", "lofit-bias"])

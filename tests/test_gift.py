@@ -7,13 +7,10 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTModel
-
-from peft_gift import GiftConfig
-from peft_gift.gift import GiftLayer
 from tiny_models import (
     image_inputs,
     model_output,
+    randomise_theta,
     t5_inputs,
     text_inputs,
     tiny_bert,
@@ -23,6 +20,10 @@ from tiny_models import (
     tiny_t5,
     tiny_vit,
 )
+from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTModel
+
+from peft_gift import GiftConfig
+from peft_gift.gift import GiftLayer
 
 ARCHS = {
     "llama": (tiny_llama, text_inputs),
@@ -32,14 +33,6 @@ ARCHS = {
     "vit": (tiny_vit, image_inputs),
     "t5": (tiny_t5, t5_inputs),
 }
-
-
-def randomise_theta(peft_model, std=0.1, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if ".gift_phi." in name or ".gift_psi." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def gift_layers(peft_model):

@@ -3,9 +3,9 @@ import json
 import pytest
 from peft import PeftConfig, get_peft_model
 from peft.utils.peft_types import PeftType
+from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, tiny_t5, tiny_vit
 
 from peft_gift import GiftConfig
-from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, tiny_t5, tiny_vit
 
 
 def test_defaults_and_peft_type():

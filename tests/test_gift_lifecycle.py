@@ -9,11 +9,18 @@ import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
+from tiny_models import (
+    gift_two_adapter_model,
+    model_output,
+    randomise_theta,
+    text_inputs,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+)
 
 from peft_gift import GiftConfig
 from peft_gift.gift import GiftLayer
-from test_gift import randomise_theta
-from tiny_models import model_output, text_inputs, tiny_bert, tiny_gpt2, tiny_llama
 
 
 def theta_names(model, adapter=None):
@@ -23,17 +30,6 @@ def theta_names(model, adapter=None):
 
 def trainable_names(model):
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
-
-
-def two_adapter_model():
-    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
-    randomise_theta(model, seed=1)
-    model.add_adapter("other", GiftConfig(r=2, target_modules=["q_proj", "o_proj"]))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".other." in n:
-                p.normal_(0, 0.1)
-    return model
 
 
 # ---- trainability --------------------------------------------------------------------------------------------
@@ -77,7 +73,7 @@ def test_gradient_checkpointing_same_grads(use_reentrant):
 
 
 def test_requires_grad_follows_set_adapter_and_set_requires_grad():
-    model = two_adapter_model()
+    model = gift_two_adapter_model()
     assert trainable_names(model) == theta_names(model, "default")  # new inactive adapter stays frozen
     model.set_adapter("other")
     assert model.active_adapters == ["other"]
@@ -91,7 +87,7 @@ def test_requires_grad_follows_set_adapter_and_set_requires_grad():
 
 
 def test_layers_only_targeted_by_other_are_not_activated():
-    model = two_adapter_model()
+    model = gift_two_adapter_model()
     o_proj = model.base_model.model.model.layers[0].self_attn.o_proj
     assert isinstance(o_proj, GiftLayer) and o_proj.active_adapters == ["default"]
     model.set_adapter("other")
@@ -101,7 +97,7 @@ def test_layers_only_targeted_by_other_are_not_activated():
 
 # ---- multiple adapters, merge, disable, delete, unload --------------------------------------------------------
 def test_two_adapters_sum_and_merge_orders_agree():
-    model = two_adapter_model()
+    model = gift_two_adapter_model()
     inputs = text_inputs()
     with model.disable_adapter():
         base = model_output(model, inputs)
@@ -140,7 +136,7 @@ def test_two_adapters_sum_and_merge_orders_agree():
 
 
 def test_delete_adapter_removes_theta_everywhere():
-    model = two_adapter_model()
+    model = gift_two_adapter_model()
     model.set_adapter("other")
     with pytest.warns(UserWarning, match="Setting active adapter to default"):
         model.delete_adapter("other")

@@ -18,10 +18,10 @@ import yaml
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from peft import LoraConfig, PeftModel, get_peft_model
+from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
 
 import peft_gift
 from peft_gift import GiftConfig, LofitConfig
-from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
 
 BASE_ID = "tiny-org/tiny-llama"
 
@@ -129,7 +129,7 @@ def test_push_uploads_config_safetensors_and_card(hub, make, peft_type, tag):
     assert meta["library_name"] == "peft" and meta["base_model"] == BASE_ID
     assert "peft" in meta["tags"] and tag in meta["tags"]
     assert "pip install peft-gift" in readme and "import peft_gift" in readme
-    assert f'PeftModel.from_pretrained(base, "me/adapter")' in readme
+    assert 'PeftModel.from_pretrained(base, "me/adapter")' in readme
     assert f'LlamaForCausalLM.from_pretrained("{BASE_ID}")' in readme
 
 

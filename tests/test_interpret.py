@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
+from tiny_models import image_inputs, randomise_theta, text_inputs, tiny_dinov2, tiny_gpt2, tiny_llama, tiny_vit
 
 import peft_gift
 from peft_gift import interpret
 from peft_gift.gift.layer import GiftLayer
 from peft_gift.lofit.layer import LofitLayer
 from peft_gift.recipes import render
-from tiny_models import image_inputs, randomise_theta, text_inputs, tiny_dinov2, tiny_gpt2, tiny_llama, tiny_vit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-
-from test_gift_lifecycle import two_adapter_model
-from tiny_models import model_output, text_inputs
+from tiny_models import gift_two_adapter_model, model_output, text_inputs
 
 
 def per_adapter_outputs(model, inputs):
@@ -19,7 +17,7 @@ def per_adapter_outputs(model, inputs):
 
 
 def test_mixed_batch_equals_per_adapter_runs():
-    model = two_adapter_model().eval()
+    model = gift_two_adapter_model().eval()
     inputs = text_inputs(batch=4)
     expected = per_adapter_outputs(model, inputs)
     names = ["other", "__base__", "default", "other"]
@@ -30,7 +28,7 @@ def test_mixed_batch_equals_per_adapter_runs():
 
 
 def test_mixed_batch_generate():
-    model = two_adapter_model().eval()
+    model = gift_two_adapter_model().eval()
     inputs = text_inputs(batch=3, seq=5)
     names = ["default", "other", "__base__"]
     mixed = model.generate(**inputs, adapter_names=names, max_new_tokens=4, do_sample=False)
@@ -45,7 +43,7 @@ def test_mixed_batch_generate():
 
 
 def test_mixed_batch_errors():
-    model = two_adapter_model()
+    model = gift_two_adapter_model()
     inputs = text_inputs(batch=2)
     model.train()
     with pytest.raises(ValueError, match="training mode"):
@@ -62,9 +60,9 @@ def test_mixed_batch_errors():
 
 def test_lofit_mixed_batch_equals_per_adapter_runs():
     from peft import get_peft_model
+    from tiny_models import tiny_gpt2
 
     from peft_gift import LofitConfig
-    from tiny_models import tiny_gpt2
 
     model = get_peft_model(tiny_gpt2(), LofitConfig(mode="bias", heads=[(0, 1), (1, 3)], init_std=0.5))
     model.add_adapter("other", LofitConfig(mode="scale", init_std=0.5))

@@ -23,7 +23,7 @@ CONFIGS = {
 def _perturb(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=g) * 0.3)
 

@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import pytest
+import tiny_models
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -29,7 +30,6 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors.torch import load_file, save_file
 
 import peft_gift  # noqa: F401  (registers GIFT / LoFiT with peft)
-import tiny_models
 from peft_gift import GiftConfig, LofitConfig
 
 BASE = "__base__"

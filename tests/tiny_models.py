@@ -175,3 +175,20 @@ def tiny_gemma(seed: int = 0, **overrides):
     kw = _decoder_kwargs(head_dim=16, num_key_value_heads=1)
     kw.update(overrides)
     return AutoModelForCausalLM.from_config(GemmaConfig(**kw)).eval()
+
+
+def gift_two_adapter_model():
+    """A tiny Llama with two random GIFT adapters: "default" (r=4, q/v) and "other" (r=2, q/o), "default" active."""
+    from peft import get_peft_model
+
+    from peft_gift import GiftConfig
+
+    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
+    randomise_theta(model, seed=1)
+    model.add_adapter("other", GiftConfig(r=2, target_modules=["q_proj", "o_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".other." in n:
+                p.normal_(0, 0.1)
+    return model
+

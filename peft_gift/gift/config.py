@@ -26,6 +26,23 @@ class GiftConfig(PeftConfig):
 
     computed in activation space as ``Ŵ x = W (x + s · φ(ψ x))``. One Θ = (φ, ψ) is shared by a *group* of layers
     (see ``sharing``), so the trainable parameter count is Σ_groups 2 · r · d_in and does not grow with depth.
+
+    Args:
+        r (`int`): rank of Θ = (φ: d_in×r, ψ: r×d_in), >= 1. Default 64 (the paper's LLM setting).
+        target_modules (`list[str] | str`, *optional*): linear layers to adapt (list: exact name or suffix match; str:
+            regex full match). ``None`` picks the model type's default (q,v projections; GPT-2 ``c_attn``).
+        exclude_modules (`list[str] | str`, *optional*): layers never to adapt (same matching).
+        sharing (`str`): ``"module"`` one Θ per module path without layer indices (the paper), ``"all"`` one Θ for
+            every targeted layer (equal in_features required), ``"layer"`` one Θ per layer.
+        alpha (`float`, *optional*): the scale is s = alpha / r; ``None`` means s = 1. Finite and > 0.
+        init (`str`): ``"gift"`` (ψ = 0, φ Kaiming-uniform) or ``"wegeft"`` (φ = 0, ψ Kaiming-uniform).
+        dropout (`float`): dropout probability on the adapter path input, in [0, 1).
+        layers_to_transform (`int | list[int]`, *optional*): only adapt layers with these indices (list or regex
+            targets alike).
+        layers_pattern (`str | list[str]`, *optional*): name of the layer container holding those indices.
+        modules_to_save (`list[str]`, *optional*): modules trained in full and saved (e.g. a classifier head).
+        trainable_token_indices (`list[int] | dict[str, list[int]]`, *optional*): token ids whose embedding rows are
+            trained and saved with the adapter (PEFT's trainable tokens, as for LoRA).
     """
 
     r: int = field(default=64, metadata={"help": "Rank r of Θ = (φ: d_in×r, ψ: r×d_in). Must be >= 1."})
@@ -75,6 +92,18 @@ class GiftConfig(PeftConfig):
     )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules trained in full and saved, e.g. a classifier head."}
+    )
+
+    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Token ids whose embedding rows are trained (and saved with the adapter) without training the whole "
+                "embedding matrix, handled by PEFT as for LoRA: a list targets the input embedding, a dict maps "
+                "embedding module names to id lists, e.g. {'embed_tokens': [0, 1]}. TRL sets it when a chat template "
+                "adds tokens."
+            )
+        },
     )
 
     def __post_init__(self):

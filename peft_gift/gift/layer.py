@@ -22,19 +22,21 @@ class GiftLayer(InputEditLayer):
     """Mixin for layers adapted by GIFT: Ŵ = W (I + Σ_a s_a φ_a ψ_a) over the active adapters a.
 
     Θ_a = (φ_a, ψ_a) is *not* registered here: it lives once per sharing group on the `GiftModel` tuner
-    (``gift_phi[adapter][group]``, ``gift_psi[adapter][group]``). Per adapter, the layer holds that adapter's two
-    group containers (``gift_theta[adapter]``, unregistered), its group name, the scale s and the dropout module, all
+    (``gift_phi[adapter][group]``, ``gift_psi[adapter][group]``). Per adapter, the layer holds a view of that
+    adapter's two group containers (``gift_theta[adapter]``), its group name, the scale s and the dropout module, all
     set together by `update_layer` — the only way an adapter enters a layer — so a layer cannot keep using Θ of a
-    tuner or load that is gone.
+    tuner or load that is gone. ``gift_theta`` is not a registered submodule (the adapter file holds each Θ once, from
+    the tuner), yet it is listed in ``adapter_layer_names``, so PEFT's generic code sets Θ's ``requires_grad`` in
+    `set_adapter`/`set_requires_grad`/`disable_adapter` and reports Θ in `get_layer_status`/`get_model_status`.
     """
 
-    adapter_layer_names = ("gift_dropout",)
-    other_param_names = ("gift_theta", "gift_group", "gift_scaling")
+    adapter_layer_names = ("gift_theta", "gift_dropout")
+    other_param_names = ("gift_group", "gift_scaling")
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
         self.gift_dropout = nn.ModuleDict()
-        self.gift_theta: dict[str, tuple[nn.ParameterDict, nn.ParameterDict]] = {}
+        object.__setattr__(self, "gift_theta", nn.ModuleDict())  # {adapter: {"phi": ..., "psi": ...}}, unregistered
         self.gift_group: dict[str, str] = {}
         self.gift_scaling: dict[str, float] = {}
         self._disable_adapters = False
@@ -48,8 +50,8 @@ class GiftLayer(InputEditLayer):
 
     def update_layer(self, adapter_name: str, theta: tuple[nn.ParameterDict, nn.ParameterDict], group: str,
                      config) -> None:
-        """Attach adapter ``adapter_name``: its Θ containers on the tuner, its group, scale and dropout."""
-        self.gift_theta[adapter_name] = theta
+        """Attach adapter ``adapter_name``: its (φ, ψ) containers on the tuner, its group, scale and dropout."""
+        self.gift_theta[adapter_name] = nn.ModuleDict({"phi": theta[0], "psi": theta[1]})
         self.gift_group[adapter_name] = group
         self.gift_scaling[adapter_name] = config.scaling
         self.gift_dropout[adapter_name] = nn.Dropout(p=config.dropout) if config.dropout > 0 else nn.Identity()
@@ -57,9 +59,8 @@ class GiftLayer(InputEditLayer):
 
     def theta(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(φ, ψ) of ``adapter_name`` for this layer's group (φ: d_in×r, ψ: r×d_in)."""
-        group = self.gift_group[adapter_name]
-        phi, psi = self.gift_theta[adapter_name]
-        return phi[group], psi[group]
+        group, theta = self.gift_group[adapter_name], self.gift_theta[adapter_name]
+        return theta["phi"][group], theta["psi"][group]
 
     # ---- exact merge / unmerge ---------------------------------------------------------------------------------
     def _low_rank_factors(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +139,7 @@ class GiftLayer(InputEditLayer):
     def unmerge(self) -> None:
         """Restore the original W exactly: from the kept copy, or by Woodbury in float64 (well-conditioned 32-bit)."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         weight = self.unmerged_weight()
         self.set_base_weight(self._as_base_weight(weight))

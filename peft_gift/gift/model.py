@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
@@ -46,8 +45,7 @@ class GiftModel(InputEditTuner):
 
     Θ is stored once per (adapter, group) on this tuner, as ``gift_phi[adapter][group]`` (d_in × r) and
     ``gift_psi[adapter][group]`` (r × d_in); the adapter file therefore holds exactly two tensors per group
-    (``base_model.gift_phi.<group>``, ``base_model.gift_psi.<group>``). PEFT's generic trainability bookkeeping only
-    sees the wrapped model, so this tuner keeps Θ's ``requires_grad`` in step with it.
+    (``base_model.gift_phi.<group>``, ``base_model.gift_psi.<group>``).
     """
 
     prefix: str = "gift_"
@@ -135,11 +133,6 @@ class GiftModel(InputEditTuner):
             if adapter_name in container:
                 yield from container[adapter_name].values()
 
-    def _set_theta_requires_grad(self, adapter_names: Sequence[str], requires_grad: bool) -> None:
-        for name in adapter_names:
-            for param in self._theta_parameters(name):
-                param.requires_grad_(requires_grad)
-
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         group = group_key(current_key, peft_config.sharing)
         base = target.get_base_layer() if isinstance(target, GiftLayer) else target
@@ -152,25 +145,7 @@ class GiftModel(InputEditTuner):
         new_module = Linear(target, adapter_name, theta=theta, group=group, config=peft_config)
         self._replace_module(parent, target_name, new_module, target)
 
-    # ---- keep Θ's requires_grad / dtype in step with PEFT's generic bookkeeping ---------------------------------
-    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
-        super().set_adapter(adapter_name, inference_mode=inference_mode)
-        active = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
-        self._set_theta_requires_grad([a for a in self.gift_phi if a not in active], False)
-        self._set_theta_requires_grad(active, not inference_mode)
-
-    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
-        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        self._set_theta_requires_grad(names, requires_grad)
-
-    def _enable_adapter_layers(self, enabled: bool = True) -> None:
-        super()._enable_adapter_layers(enabled)
-        if enabled:
-            self._set_theta_requires_grad(self.active_adapters, True)
-        else:
-            self._set_theta_requires_grad(list(self.gift_phi), False)
-
+    # ---- what PEFT's generic bookkeeping cannot reach: Θ's dtype and the tuner-level containers --------------
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
         if not autocast_adapter_dtype:

@@ -89,6 +89,9 @@ class LofitConfig(PeftConfig):
             ``h``, ``block``, ``blocks``.
         exclude_modules (`list[str] | str`, *optional*): modules never to adapt (same matching as target_modules).
         modules_to_save (`list[str]`, *optional*): extra modules to train fully and save (e.g. a classifier head).
+        trainable_token_indices (`list[int] | dict[str, list[int]]`, *optional*): token ids whose embedding rows are
+            trained and saved with the adapter (PEFT's trainable tokens, as for LoRA; TRL sets it for chat templates
+            that add tokens).
     """
 
     mode: str = field(
@@ -130,6 +133,18 @@ class LofitConfig(PeftConfig):
     )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules trained fully and saved, e.g. a classification head."}
+    )
+
+    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Token ids whose embedding rows are trained (and saved with the adapter) without training the whole "
+                "embedding matrix, handled by PEFT as for LoRA: a list targets the input embedding, a dict maps "
+                "embedding module names to id lists, e.g. {'embed_tokens': [0, 1]}. TRL sets it when a chat template "
+                "adds tokens."
+            )
+        },
     )
 
     def __post_init__(self):

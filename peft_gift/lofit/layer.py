@@ -262,7 +262,7 @@ class LofitLayer(InputEditLayer):
         """Undo all merges (last merged first): restore the stored bias (removing a bias that merging created) and
         divide the scales out of the weight columns (or restore the stored weight for low precision / ~0 scales)."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         while self.merged_adapters:

@@ -10,8 +10,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _ExcludedModule, _get_in_ou
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..targets import DEFAULT_LAYER_PATTERNS, TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING, layer_index_of
-from ..targets import match_target, wanted_layers
+from ..targets import (
+    DEFAULT_LAYER_PATTERNS,
+    TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING,
+    layer_index_of,
+    match_target,
+    wanted_layers,
+)
 from ..tuner import InputEditTuner
 from .config import LofitConfig
 from .layer import Linear, LofitLayer
@@ -246,7 +251,8 @@ class LofitModel(InputEditTuner):
             warnings.warn(
                 "Merging LoFiT offsets created a bias on projections that had none; this model's config has no "
                 "`attention_bias` switch, so `from_pretrained` may not load those biases. Keep the adapter unmerged "
-                "or load the merged weights with a matching custom config."
+                "or load the merged weights with a matching custom config.",
+                stacklevel=2,
             )
             return
         config.attention_bias = True
