@@ -402,9 +402,9 @@ def test_heads_json_round_trip(tmp_path):
         (dict(heads=[(0, 1), (1, 1), [0, 1]]), r"duplicate.*\[\(0, 1\)\]"),
         (dict(heads=[(0, 1, 2)]), r"pairs of two ints, got \(0, 1, 2\)"),
         (dict(heads=[(0.5, 1)]), r"pairs of two ints"),
-        (dict(init_std=-1.0), r"`init_std` must be a finite float >= 0, got -1.0"),
-        (dict(l1_lambda=float("nan")), r"`l1_lambda` must be a finite float >= 0"),
-        (dict(num_heads=0), r"`num_heads` must be a positive int"),
+        (dict(mode="bias", init_std=-1.0), r"`init_std` must be a finite float >= 0, got -1.0"),
+        (dict(mode="scale", l1_lambda=float("nan")), r"`l1_lambda` must be a finite float >= 0"),
+        (dict(mode="scale", num_heads=0), r"`num_heads` must be a positive int"),
     ],
 )
 def test_bad_config_values_raise(kwargs, pattern):

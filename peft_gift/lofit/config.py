@@ -63,8 +63,10 @@ class LofitConfig(PeftConfig):
     learns offsets on those heads only (see [`lofit_stage2_config`]).
 
     Args:
-        mode (`str`): ``"scale"`` (stage 1, learn A for every head) or ``"bias"`` (stage 2, learn v for the heads in
-            ``heads``). Default ``"bias"``.
+        mode (`str`, *optional*): ``"scale"`` (stage 1, learn A for every head) or ``"bias"`` (stage 2, learn v for
+            the heads in ``heads``). ``None`` means ``"bias"`` when ``heads`` is given; with neither, the config
+            raises a ``ValueError`` that shows the two-stage recipe (offsets on every head, ``mode="bias",
+            heads=None``, are an ablation, not LoFiT, and must be asked for explicitly).
         heads (`list[tuple[int, int]]`, *optional*): ``(layer, head)`` pairs to adapt. ``None`` adapts every head of
             every targeted layer. In bias mode only the projections of layers that contain a selected head are
             wrapped, and the number of trainable parameters is exactly ``len(heads) * head_dim``. In scale mode a
@@ -94,10 +96,11 @@ class LofitConfig(PeftConfig):
             that add tokens).
     """
 
-    mode: str = field(
-        default="bias",
+    mode: Optional[str] = field(
+        default=None,
         metadata={"help": "'scale': z_h <- (1 + A_h) * z_h on every head (stage 1); 'bias': z_h <- z_h + v_h on the "
-                          "selected heads (stage 2)."},
+                          "selected heads (stage 2). None: 'bias' when `heads` is given; a bare LofitConfig() raises "
+                          "and shows the two-stage recipe."},
     )
     heads: Optional[list[tuple[int, int]]] = field(
         default=None,
@@ -150,6 +153,15 @@ class LofitConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = LOFIT
+        if self.mode is None:
+            if self.heads is None:
+                raise ValueError(
+                    "LofitConfig() needs `mode`: LoFiT is two stages. Stage 1: LofitConfig(mode='scale', "
+                    "l1_lambda=1e-3) on every head, train, then heads = peft_gift.select_heads(model, fraction=0.03); "
+                    "stage 2 on a fresh base: lofit_stage2_config(stage1_model, heads) (mode='bias' on those heads). "
+                    "Offsets on every head are an ablation: LofitConfig(mode='bias', heads=None)."
+                )
+            self.mode = "bias"
         if self.mode not in VALID_MODES:
             raise ValueError(f"`mode` must be one of {list(VALID_MODES)}, got {self.mode!r}.")
         self.heads = normalize_heads(self.heads)
