@@ -40,3 +40,15 @@ def test_trainable_token_indices_train_only_those_rows_and_round_trip(tmp_path, 
     torch.testing.assert_close(model_output(reloaded, batch), expected)
     with reloaded.disable_adapter():
         torch.testing.assert_close(model_output(reloaded, text_inputs()), before)
+
+
+def test_lofit_file_written_before_head_vectors_were_modules_still_loads(tmp_path):
+    """Files of earlier releases name LoFiT's tensors ``...lofit_head_scale`` (no ``.weight``)."""
+    from safetensors.torch import save_file
+
+    pm = get_peft_model(tiny_llama(), CONFIGS["lofit"]())
+    pm.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    save_file({k.removesuffix(".weight"): v for k, v in load_file(path).items()}, path)
+    reloaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    torch.testing.assert_close(model_output(reloaded, text_inputs()), model_output(pm, text_inputs()))

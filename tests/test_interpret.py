@@ -229,7 +229,7 @@ def test_lofit_head_map_values(tmp_path):
     grid = render.save_lofit_head_map(model, tmp_path / "heads.png", k=2)
     assert grid.shape == (2, 4)
     for layer in (m for m in model.modules() if isinstance(m, LofitLayer)):
-        a = layer.lofit_head_scale["default"].detach()
+        a = layer.lofit_head_scale["default"].weight.detach()
         assert grid[layer.layer_index] == pytest.approx(a.norm(dim=-1).tolist(), rel=1e-6)
     assert {k: grid[k] for k in peft_gift.lofit.head_scores(model)} == pytest.approx(peft_gift.lofit.head_scores(model))
     assert (tmp_path / "heads.png").read_bytes()[:8] == PNG_SIGNATURE

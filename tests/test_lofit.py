@@ -65,7 +65,7 @@ def randomize(peft_model, std=0.3, seed=1):
     with torch.no_grad():
         for layer in lofit_layers(peft_model).values():
             for container in (layer.lofit_head_scale, layer.lofit_head_offset):
-                for p in container.values():
+                for p in container.parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
@@ -93,7 +93,7 @@ def test_parameter_counts_scale_and_bias(name):
     trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     assert trainable == L * H * D
     for layer in lofit_layers(pm).values():
-        assert layer.lofit_head_scale["default"].shape == (H, D)
+        assert layer.lofit_head_scale["default"].weight.shape == (H, D)
 
     heads = [(1, 3), (0, 1), (1, 0)]
     base, _, _ = build(name)
@@ -101,8 +101,8 @@ def test_parameter_counts_scale_and_bias(name):
     trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     assert trainable == len(heads) * D
     layers = lofit_layers(pm)
-    assert layers[0].lofit_head_offset["default"].shape == (1, D)
-    assert layers[1].lofit_head_offset["default"].shape == (2, D)
+    assert layers[0].lofit_head_offset["default"].weight.shape == (1, D)
+    assert layers[1].lofit_head_offset["default"].weight.shape == (2, D)
     assert layers[1].adapted_heads("default") == [0, 3]
     assert not layers[0].lofit_head_scale and not layers[1].lofit_head_scale
     # bias mode with heads in one layer only wraps that layer
@@ -118,7 +118,7 @@ def test_geometry_from_config_head_dim_not_hidden_over_heads():
     pm = get_peft_model(base, LofitConfig(mode="scale"))
     cfg = pm.peft_config["default"]
     assert (cfg.num_heads, cfg.head_dim) == (4, 8)
-    assert lofit_layers(pm)[0].lofit_head_scale["default"].shape == (4, 8)
+    assert lofit_layers(pm)[0].lofit_head_scale["default"].weight.shape == (4, 8)
 
 
 def test_print_trainable_parameters(capsys):
@@ -148,7 +148,7 @@ def test_offset_changes_only_that_heads_slice(name, layer_idx, head):
     pm = get_peft_model(base, LofitConfig(mode="bias", heads=[(layer_idx, head)], init_std=0.0))
     v = torch.linspace(-1.0, 1.0, D)
     with torch.no_grad():
-        lofit_layers(pm)[layer_idx].lofit_head_offset["default"][0].copy_(v)
+        lofit_layers(pm)[layer_idx].lofit_head_offset["default"].weight[0].copy_(v)
     captured, handles = capture_projection_inputs(pm.get_base_model(), targets)
     with pm.disable_adapter():
         model_output(pm, inputs)
@@ -174,7 +174,7 @@ def test_scale_multiplies_each_head(name):
     pm = get_peft_model(base, LofitConfig(mode="scale", init_std=0.0))
     a = torch.randn(H, D, generator=torch.Generator().manual_seed(3)) * 0.5
     with torch.no_grad():
-        lofit_layers(pm)[0].lofit_head_scale["default"].copy_(a)
+        lofit_layers(pm)[0].lofit_head_scale["default"].weight.copy_(a)
     captured, handles = capture_projection_inputs(pm.get_base_model(), targets[:1])
     with pm.disable_adapter():
         model_output(pm, inputs)
@@ -193,8 +193,8 @@ def test_two_adapters_compose_scale_then_offset():
     a = torch.full((H, D), 0.5)
     v = torch.arange(D, dtype=torch.float32)
     with torch.no_grad():
-        lofit_layers(pm)[0].lofit_head_scale["s"].copy_(a)
-        lofit_layers(pm)[0].lofit_head_offset["b"][0].copy_(v)
+        lofit_layers(pm)[0].lofit_head_scale["s"].weight.copy_(a)
+        lofit_layers(pm)[0].lofit_head_offset["b"].weight[0].copy_(v)
     pm.base_model.set_adapter(["s", "b"])
     captured, handles = capture_projection_inputs(pm.get_base_model(), targets[:1])
     with pm.disable_adapter():
@@ -220,7 +220,7 @@ def test_select_heads_global_ranking_best_first():
         for (layer, head), n in norms.items():
             vec = torch.zeros(D)
             vec[head] = n  # ||A_h||_2 = n
-            lofit_layers(pm)[layer].lofit_head_scale["default"][head].copy_(vec)
+            lofit_layers(pm)[layer].lofit_head_scale["default"].weight[head].copy_(vec)
     ranked = sorted(norms, key=lambda k: -norms[k])
     assert select_heads(pm, k=3) == [(1, 2), (0, 1), (1, 0)] == ranked[:3]
     assert select_heads(pm, k=8) == ranked
@@ -344,7 +344,7 @@ def test_safe_merge_detects_nan_and_leaves_weights(mode):
     weights = {k: v.clone() for k, v in pm.state_dict().items()}
     layer = lofit_layers(pm)[0]
     with torch.no_grad():
-        (layer.lofit_head_scale if mode == "scale" else layer.lofit_head_offset)["default"][0, 0] = float("nan")
+        (layer.lofit_head_scale if mode == "scale" else layer.lofit_head_offset)["default"].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaNs detected in the merged weights. The adapter default seems to be broken"):
         pm.merge_adapter(safe_merge=True)
     assert not layer.merged

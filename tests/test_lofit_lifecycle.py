@@ -27,7 +27,7 @@ def randomize(pm, std=0.3, seed=1):
     with torch.no_grad():
         for layer in lofit_layers(pm):
             for container in (layer.lofit_head_scale, layer.lofit_head_offset):
-                for p in container.values():
+                for p in container.parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
@@ -49,13 +49,13 @@ def test_save_load_in_fresh_process(tmp_path, fresh_process):
     assert (tmp_path / "other" / "adapter_model.safetensors").exists()
     saved = load_file(tmp_path / "adapter_model.safetensors")
     assert sorted(saved) == [
-        "base_model.model.model.layers.0.self_attn.o_proj.lofit_head_offset",
-        "base_model.model.model.layers.1.self_attn.o_proj.lofit_head_offset",
+        "base_model.model.model.layers.0.self_attn.o_proj.lofit_head_offset.weight",
+        "base_model.model.model.layers.1.self_attn.o_proj.lofit_head_offset.weight",
     ]
-    assert saved["base_model.model.model.layers.0.self_attn.o_proj.lofit_head_offset"].shape == (1, D)
+    assert saved["base_model.model.model.layers.0.self_attn.o_proj.lofit_head_offset.weight"].shape == (1, D)
     assert sum(t.numel() for t in saved.values()) == 2 * D
     other = load_file(tmp_path / "other" / "adapter_model.safetensors")
-    assert all(k.endswith("lofit_head_scale") for k in other) and len(other) == 2
+    assert all(k.endswith("lofit_head_scale.weight") for k in other) and len(other) == 2
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == "LOFIT" and config["heads"] == [[0, 1], [1, 2]] and config["mode"] == "bias"
     readme = (tmp_path / "README.md").read_text()
@@ -100,11 +100,11 @@ def test_adapters_activate_disable_delete_unload():
     assert pm.active_adapters == ["a"]
     layer0, layer1 = lofit_layers(pm)
     # only the active adapter is trainable; b targets only layer 1
-    assert layer0.lofit_head_scale["a"].requires_grad and not layer1.lofit_head_offset["b"].requires_grad
+    assert layer0.lofit_head_scale["a"].weight.requires_grad and not layer1.lofit_head_offset["b"].weight.requires_grad
     assert "b" not in layer0.lofit_head_offset
     out_a = model_output(pm, inputs)
     pm.set_adapter("b")
-    assert layer1.lofit_head_offset["b"].requires_grad and not layer0.lofit_head_scale["a"].requires_grad
+    assert layer1.lofit_head_offset["b"].weight.requires_grad and not layer0.lofit_head_scale["a"].weight.requires_grad
     out_b = model_output(pm, inputs)
     assert not torch.allclose(out_a, out_b) and not torch.allclose(out_b, base_out)
     with pm.disable_adapter():
@@ -139,7 +139,7 @@ def test_set_requires_grad_and_inference_mode():
     pm = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 0)]))
     pm.add_adapter("x", LofitConfig(mode="scale"))
     pm.base_model.set_requires_grad("x", True)
-    assert all(layer.lofit_head_scale["x"].requires_grad for layer in lofit_layers(pm))
+    assert all(layer.lofit_head_scale["x"].weight.requires_grad for layer in lofit_layers(pm))
     pm.base_model.set_requires_grad(["x", "default"], False)
     assert not any(p.requires_grad for p in pm.parameters())
     pm = get_peft_model(tiny_llama(), LofitConfig(mode="scale", inference_mode=True))
@@ -175,14 +175,14 @@ def test_bf16_base_fp32_adapters():
     pm.add_adapter("b", LofitConfig(mode="bias", heads=[(0, 2)]))
     for layer in lofit_layers(pm):
         for container in (layer.lofit_head_scale, layer.lofit_head_offset):
-            assert all(p.dtype == torch.float32 for p in container.values())
+            assert all(p.dtype == torch.float32 for p in container.parameters())
         assert layer.get_base_layer().weight.dtype == torch.bfloat16
     randomize(pm)
     pm.base_model.set_adapter(["default", "b"])
     out = pm(**inputs, labels=inputs["input_ids"])
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
     out.loss.backward()
-    grads = [p.grad for layer in lofit_layers(pm) for p in layer.lofit_head_scale.values()]
+    grads = [p.grad for layer in lofit_layers(pm) for p in layer.lofit_head_scale.parameters()]
     assert all(g is not None and g.dtype == torch.float32 for g in grads)
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     pm.merge_adapter()

@@ -40,6 +40,16 @@ class _WithL1Gradient(torch.autograd.Function):
         return grad, None
 
 
+class HeadVectors(nn.Module):
+    """The per-head vectors of one adapter in one layer: ``weight`` (K, head_dim), the scales A or offsets v of the
+    K heads it adapts. A module (not a bare parameter) so that parameter names read ``<container>.<adapter>.weight``
+    like LoRA's, which tools that copy one adapter into another by name (TRL's DPO reference adapter) rely on."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(values)
+
+
 class LofitLayer(InputEditLayer):
     r"""Mixin holding LoFiT's per-head parameters for one attention output projection.
 
@@ -59,8 +69,8 @@ class LofitLayer(InputEditLayer):
 
     def __init__(self, base_layer: nn.Module, layer_index: Optional[int], **kwargs) -> None:
         self.base_layer = base_layer
-        self.lofit_head_scale = nn.ParameterDict({})
-        self.lofit_head_offset = nn.ParameterDict({})
+        self.lofit_head_scale = nn.ModuleDict()  # {adapter: HeadVectors}
+        self.lofit_head_offset = nn.ModuleDict()
         self.lofit_head_index = BufferDict({}, persistent=False)
         self.layer_index = None if layer_index is None else int(layer_index)
         self.lofit_l1_lambda: dict[str, float] = {}  # per scale adapter: λ of its L1 penalty
@@ -105,7 +115,7 @@ class LofitLayer(InputEditLayer):
         if init_std > 0:
             values.normal_(0.0, init_std)
         container = self.lofit_head_scale if mode == "scale" else self.lofit_head_offset
-        container[adapter_name] = nn.Parameter(values)
+        container[adapter_name] = HeadVectors(values)
         self.lofit_head_index[adapter_name] = torch.tensor(head_ids, dtype=torch.long)
         self.head_shapes[adapter_name] = (num_heads, head_dim)
         if mode == "scale":
@@ -140,17 +150,17 @@ class LofitLayer(InputEditLayer):
 
     def get_scale_vector(self, adapter_name: str) -> torch.Tensor:
         """Flat multiplier (1 + A) over the projection's input features (1 where the adapter has no head)."""
-        return self._expand(adapter_name, 1.0 + self.lofit_head_scale[adapter_name], 1.0)
+        return self._expand(adapter_name, 1.0 + self.lofit_head_scale[adapter_name].weight, 1.0)
 
     def get_offset_vector(self, adapter_name: str) -> torch.Tensor:
         """Flat offset v over the projection's input features (0 where the adapter has no head)."""
-        return self._expand(adapter_name, self.lofit_head_offset[adapter_name], 0.0)
+        return self._expand(adapter_name, self.lofit_head_offset[adapter_name].weight, 0.0)
 
     def _combined_edit(self, adapter_names) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         scale = offset = None
         for name in adapter_names:
             if name in self.lofit_head_scale:
-                values = self.lofit_head_scale[name]
+                values = self.lofit_head_scale[name].weight
                 l1_lambda = self.lofit_l1_lambda.get(name, 0.0)
                 if l1_lambda > 0 and values.requires_grad and torch.is_grad_enabled():
                     values = _WithL1Gradient.apply(values, l1_lambda)

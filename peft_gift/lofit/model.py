@@ -70,6 +70,13 @@ class LofitModel(InputEditTuner):
     def _describe_config(cls, config: LofitConfig) -> str:
         return f"mode={config.mode!r}, heads={config.heads}"
 
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        # files written before the per-head vectors became `HeadVectors` modules name them without ".weight"
+        legacy = (".lofit_head_scale", ".lofit_head_offset")
+        state_dict = {key + ".weight" if key.endswith(legacy) else key: value for key, value in state_dict.items()}
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+
     def _check_target_module_exists(self, peft_config: LofitConfig, key: str):
         """Name matching and ``layers_to_transform``, then only the layers that hold a selected head."""
         result = match_target(peft_config, key)
@@ -218,7 +225,7 @@ class LofitModel(InputEditTuner):
                 if name not in layer.lofit_head_scale:
                     continue
                 lam = self.peft_config[name].l1_lambda if l1_lambda is None else float(l1_lambda)
-                term = layer.lofit_head_scale[name].abs().sum() * lam
+                term = layer.lofit_head_scale[name].weight.abs().sum() * lam
                 total = term if total is None else total + term.to(total.device)
         if total is None:
             param = next(self.model.parameters())

@@ -54,7 +54,7 @@ def head_scores(model: nn.Module, adapter_name: Optional[str] = None) -> dict[tu
     scores: dict[tuple[int, int], float] = {}
     for _, module in lofit_layers(model, adapter_name):
         with torch.no_grad():
-            norms = module.lofit_head_scale[adapter_name].detach().to(torch.float32).norm(dim=-1).cpu().tolist()
+            norms = module.lofit_head_scale[adapter_name].weight.detach().to(torch.float32).norm(dim=-1).cpu().tolist()
         for head, norm in zip(module.adapted_heads(adapter_name), norms):
             key = (module.layer_index, head)
             if key in scores:
@@ -109,7 +109,7 @@ def offset_vectors(model: nn.Module, adapter_name: Optional[str] = None) -> dict
         weight = layer.get_base_layer().weight.detach().float()
         weight = weight.T if layer.fan_in_fan_out else weight
         head_dim = layer.head_shapes[adapter_name][1]
-        values = layer.lofit_head_offset[adapter_name].detach().float()
+        values = layer.lofit_head_offset[adapter_name].weight.detach().float()
         for head, v in zip(layer.adapted_heads(adapter_name), values):
             out[(layer.layer_index, head)] = weight[:, head * head_dim:(head + 1) * head_dim] @ v.to(weight.device)
     if not out:
