@@ -30,6 +30,27 @@ def _peft_loading_frames() -> list[int]:
     return frames
 
 
+def refuse_transformers_load_adapter(method: str) -> None:
+    """Raise a ``ValueError`` that says what to call instead when a config of a tuner with shared state is read by
+    transformers' ``model.load_adapter`` (also behind ``pipeline(model=<adapter dir>)``): that API injects with
+    ``inject_adapter_in_model``, which cannot host state kept on PEFT's tuner (GIFT's shared Θ)."""
+    try:
+        from transformers.integrations.peft import PeftAdapterMixin
+    except ImportError:  # pragma: no cover - transformers without the adapter integration
+        return
+    code, frame = PeftAdapterMixin.load_adapter.__code__, sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            raise ValueError(
+                f"A {method} adapter cannot be loaded with transformers' `model.load_adapter` or `pipeline(model=<adapter "
+                f"dir>)`: {method} shares Θ across layers on PEFT's tuner, which that API does not create. After "
+                "`import peft_gift`, load it with `peft.PeftModel.from_pretrained(model, path)` or "
+                "`peft.AutoPeftModelForCausalLM.from_pretrained(path)` (or another `AutoPeftModelFor...`), and pass "
+                "that model to `pipeline(...)`."
+            )
+        frame = frame.f_back
+
+
 def note_injection(tuner, adapter_name: str) -> None:
     """Record which PEFT loading call (if any) is creating ``adapter_name``, so that only that call rolls it back."""
     frames = _peft_loading_frames()

@@ -52,3 +52,37 @@ def test_lofit_file_written_before_head_vectors_were_modules_still_loads(tmp_pat
     save_file({k.removesuffix(".weight"): v for k, v in load_file(path).items()}, path)
     reloaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
     torch.testing.assert_close(model_output(reloaded, text_inputs()), model_output(pm, text_inputs()))
+
+
+def test_transformers_load_adapter_says_what_to_call_for_gift_and_works_for_lofit(tmp_path):
+    for method in ("gift", "lofit"):
+        pm = get_peft_model(tiny_llama(), CONFIGS[method]())
+        pm.save_pretrained(tmp_path / method)
+        model = tiny_llama()
+        if method == "gift":
+            with pytest.raises(ValueError, match=r"cannot be loaded with transformers' `model.load_adapter`.*"
+                                                 r"PeftModel.from_pretrained\(model, path\).*AutoPeftModelForCausalLM"):
+                model.load_adapter(str(tmp_path / method))
+            assert not any("gift" in type(m).__module__ for m in model.modules())
+        else:
+            model.load_adapter(str(tmp_path / method))
+            torch.testing.assert_close(model_output(model, text_inputs()), model_output(pm, text_inputs()))
+
+
+def test_model_status_reports_gift_theta(tmp_path):
+    pm = get_peft_model(tiny_llama(), CONFIGS["gift"]())
+    pm.add_adapter("other", CONFIGS["gift"]())
+    status = pm.get_model_status()
+    assert status.requires_grad == {"default": True, "other": False}
+    assert status.devices == {"default": ["cpu"], "other": ["cpu"]}
+    layers = pm.get_layer_status()
+    assert layers and all(layer.requires_grad == {"default": True, "other": False} for layer in layers)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_peft_mixed_model_refuses_our_types_before_touching_the_model(method):
+    """PEFT's `PeftMixedModel` accepts a fixed list of tuner types and has no extension point (docs: README)."""
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=r"is not compatible with the `PeftMixedModel`"):
+        get_peft_model(model, CONFIGS[method](), mixed=True)
+    assert not any("peft" in type(m).__module__ for m in model.modules())

@@ -9,6 +9,7 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
+from .._checked_load import refuse_transformers_load_adapter
 from .._registry import GIFT
 from ..targets import normalize_module_names
 
@@ -109,6 +110,7 @@ class GiftConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = GIFT
+        refuse_transformers_load_adapter("GIFT")
         if isinstance(self.r, bool) or not isinstance(self.r, int):
             raise TypeError(f"GiftConfig.r must be an int >= 1, got {self.r!r}")
         if self.r < 1:
