@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
 from peft.utils import resolve_quantization_backend
+from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend, TorchaoBackend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -43,7 +45,9 @@ class GiftLayer(InputEditLayer):
         self.merged_adapters = []
         # the original weight, kept while merged when the Woodbury inverse could not restore it exactly
         self._unmerged_weight_copy: Optional[torch.Tensor] = None
-        self.quantization_backend = resolve_quantization_backend(self.get_base_layer())
+        # the original quantized storage while merged (quantized bases only): `unmerge` restores it bit for bit
+        self._quantized_original: Optional[dict[str, Any]] = None
+        self.quantization_backend = _resolve_backend(self.get_base_layer())
         self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.fan_in_fan_out = isinstance(self.get_base_layer(), Conv1D)  # Conv1D stores its weight as (in, out)
         self.kwargs = kwargs
@@ -79,6 +83,8 @@ class GiftLayer(InputEditLayer):
     def unmerged_weight(self) -> torch.Tensor:
         """The original W (out×in, float64): the kept copy, or recovered from the merged weight by Woodbury:
         W = W'(I + UV)⁻¹ = W' − (W'U)(I_R + VU)⁻¹V."""
+        if self._quantized_original is not None:
+            return self._dequantize_original()
         if self._unmerged_weight_copy is not None:
             return self._unmerged_weight_copy.to(self.get_base_layer().weight.device, torch.float64)
         weight = self._weight_as_out_in().double()
@@ -89,8 +95,63 @@ class GiftLayer(InputEditLayer):
         return weight - torch.linalg.solve((eye + v @ u).T, (weight @ u).T).T @ v
 
     def _base_dtype(self) -> torch.dtype:
+        if self.quantization_backend is not None:  # the dtype W dequantizes to (what requantizing expects)
+            if getattr(self, "_dequantized_dtype", None) is None:
+                self._dequantized_dtype = self.get_base_weight().dtype
+            return self._dequantized_dtype
         dtype = self.get_base_layer().weight.dtype
         return dtype if dtype.is_floating_point else torch.float32
+
+    # ---- quantized bases: dequantize -> merge -> requantize; unmerge restores the original quantized storage ----
+    def _check_quantized_merge(self) -> None:
+        """Raise a ValueError naming the backend if the quantized base layer cannot hold a merged weight."""
+        backend = self.quantization_backend
+        if backend is None:
+            return
+        name = getattr(backend, "backend_name", type(backend).__name__) or type(backend).__name__
+        layer = type(self.get_base_layer()).__name__
+        if isinstance(backend, ForwardOnlyQuantizationBackend) or not getattr(backend, "supports_merge", True):
+            raise ValueError(
+                f"GIFT cannot merge into a {name} quantized layer ({layer}): this backend cannot dequantize and "
+                f"requantize its weight. Keep the adapter unmerged (the forward pass works), or merge into an "
+                f"unquantized copy of the base model."
+            )
+        if isinstance(backend, TorchaoBackend) and backend.get_apply_tensor_subclass is None:
+            raise ValueError(
+                f"GIFT cannot merge into a torchao quantized layer ({layer}, weight "
+                f"{type(self.get_base_layer().weight).__name__}): the layer does not know the model's torchao "
+                f"quantization config needed to requantize the merged weight. Keep the adapter unmerged, or merge "
+                f"into an unquantized copy of the base model."
+            )
+
+    def _keep_quantized_original(self) -> None:
+        base = self.get_base_layer()
+        state = getattr(base, "state", None)  # bitsandbytes 8-bit: the int8 data and scales live on the matmul state
+        self._quantized_original = {
+            "module": base,
+            "weight": getattr(base, "weight", None),
+            "state": None if state is None else (getattr(state, "CB", None), getattr(state, "SCB", None)),
+        }
+
+    def _dequantize_original(self) -> torch.Tensor:
+        """The original W (out×in, float64) dequantized from the kept quantized storage (the layer keeps its merged
+        storage)."""
+        kept = self._quantized_original
+        source = kept["module"]
+        if source is self.get_base_layer():  # bnb / torchao replace the weight (and 8-bit's scales), not the layer
+            cb_scb = kept["state"] or (None, None)
+            source = SimpleNamespace(weight=kept["weight"], state=SimpleNamespace(CB=cb_scb[0], SCB=cb_scb[1]))
+        return self.quantization_backend.get_base_weight(source).detach().double()
+
+    def _restore_quantized(self, kept: dict[str, Any]) -> None:
+        base = kept["module"]
+        if self.get_base_layer() is not base:  # HQQ replaces the whole base layer when requantizing
+            self.base_layer = base
+        if kept["weight"] is not None:
+            base.weight = kept["weight"]
+        if kept["state"] is not None:
+            base.state.reset_grads()
+            base.state.CB, base.state.SCB = kept["state"]
 
     def _as_base_weight(self, weight64: torch.Tensor) -> torch.Tensor:
         new = weight64.T if self.fan_in_fan_out else weight64
@@ -112,6 +173,7 @@ class GiftLayer(InputEditLayer):
         adapter_names = [name for name in adapter_names if name in self.gift_group]
         if not adapter_names:
             return
+        self._check_quantized_merge()
         weight = self.unmerged_weight()
         u, v = self._low_rank_factors(self.merged_adapters + adapter_names)
         merged = self._as_base_weight(weight + (weight @ u) @ v)
@@ -119,6 +181,14 @@ class GiftLayer(InputEditLayer):
             raise ValueError(
                 f"NaNs detected in the merged weights. The adapter {', '.join(adapter_names)} seems to be broken"
             )
+        if self.quantization_backend is not None:
+            # dequantize -> merge -> requantize (as PEFT does for LoRA); the original quantized storage is kept (it
+            # is small) so that `unmerge` and `unmerged_weight` are exact, not a second requantization
+            if self._quantized_original is None:
+                self._keep_quantized_original()
+            self.set_base_weight(merged)
+            self.merged_adapters.extend(adapter_names)
+            return
         if self._unmerged_weight_copy is None and not self._woodbury_is_exact(u, v):
             self._unmerged_weight_copy = weight.to(self._base_dtype())  # out×in, exact: W₀ came from this dtype
         self.set_base_weight(merged)
@@ -140,6 +210,11 @@ class GiftLayer(InputEditLayer):
         """Restore the original W exactly: from the kept copy, or by Woodbury in float64 (well-conditioned 32-bit)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        if self._quantized_original is not None:
+            self._restore_quantized(self._quantized_original)
+            self._quantized_original = None
+            self.merged_adapters = []
             return
         weight = self.unmerged_weight()
         self.set_base_weight(self._as_base_weight(weight))
@@ -163,6 +238,17 @@ class GiftLayer(InputEditLayer):
                 d = self._input_delta(x, name)
                 delta = d if delta is None else delta + d
         return x if delta is None else x + delta.to(x.dtype)
+
+
+def _resolve_backend(base: nn.Module):
+    """PEFT's quantization backend of ``base`` (None if not quantized). A torchao weight whose model's quantization
+    config is not passed in still gets a backend that dequantizes (forward, `interpret`); merging then raises."""
+    try:
+        return resolve_quantization_backend(base)
+    except ValueError:
+        if "torchao" not in type(getattr(base, "weight", None)).__module__:
+            raise
+        return TorchaoBackend(get_apply_tensor_subclass=None)
 
 
 class Linear(nn.Module, GiftLayer):

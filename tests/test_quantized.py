@@ -1,0 +1,291 @@
+"""GIFT on quantized base layers (QGIFT) on CPU: bitsandbytes 4-bit / 8-bit, HQQ 4-bit, torchao int8 weight-only.
+
+Per backend: a training step changes only Θ; outputs equal those of an fp32 model whose linear weights are the
+dequantized ones (same adapter); save/load; `merge_and_unload` dequantizes → merges → requantizes (compared with the
+unmerged model and with PEFT's LoRA merge on the same quantized model) or refuses naming the backend; unmerge restores
+the quantized storage exactly; `interpret.cluster_vectors` read the dequantized W. LoFiT refuses quantized output
+projections at `get_peft_model` time. `prepare_model_for_kbit_training` + gradient checkpointing train GIFT.
+
+The tiny Llama has hidden size 128 (bnb's CPU 4-bit dequantization needs multiples of its block size, 64).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.utils import resolve_quantization_backend
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import peft_gift
+from peft_gift.gift.layer import GiftLayer
+from peft_gift.interpret.gift import cluster_vectors
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+LLAMA = dict(
+    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=32, max_position_embeddings=64, tie_word_embeddings=False,
+)
+TARGETS = ["q_proj", "v_proj", "o_proj"]
+# fp32 reference vs quantized model with identical dequantized weights: the quantized kernels compute in another
+# order/precision (bnb 8-bit casts the input to fp16 and quantizes activations; HQQ/torchao dequantize then matmul)
+REFERENCE_ATOL = {"bnb4": 1e-4, "bnb8": 5e-2, "hqq": 1e-4, "torchao": 5e-2}
+BACKEND_NAME = {"bnb4": "bnb 4bit", "bnb8": "bnb 8bit", "hqq": "hqq", "torchao": "torchao"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA))
+    path = tmp_path_factory.mktemp("tiny_llama128")
+    model.save_pretrained(path)
+    return path
+
+
+def _quantized_linears(model: nn.Module):
+    for name, module in model.named_modules():
+        if "layers." in name and resolve_quantization_backend(module, get_apply_tensor_subclass=lambda: None):
+            yield name, module
+
+
+def load_quantized(kind: str, path, **bnb_kwargs) -> nn.Module:
+    """The tiny Llama with its decoder linears quantized by ``kind`` (lm_head stays fp32 for bnb/hqq/torchao alike)."""
+    if kind in ("bnb4", "bnb8"):
+        pytest.importorskip("bitsandbytes")
+        from transformers import BitsAndBytesConfig
+
+        if kind == "bnb4":
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                        bnb_4bit_compute_dtype=torch.float32, **bnb_kwargs)
+        else:
+            config = BitsAndBytesConfig(load_in_8bit=True, **bnb_kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, quantization_config=config, device_map="cpu").eval()
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    if kind == "hqq":
+        pytest.importorskip("hqq")
+        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+        qcfg = BaseQuantizeConfig(nbits=4, group_size=64)
+        for layer in model.model.layers:
+            for parent in (layer.self_attn, layer.mlp):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.Linear):
+                        setattr(parent, name, HQQLinear(child, qcfg, compute_dtype=torch.float32, device="cpu"))
+        return model
+    if kind == "torchao":
+        pytest.importorskip("torchao")
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(model.model.layers, Int8WeightOnlyConfig())
+        return model
+    raise ValueError(kind)
+
+
+def dequantized_reference(kind: str, path) -> nn.Module:
+    """An fp32 model whose decoder linear weights are the dequantized weights of ``load_quantized(kind)``."""
+    quantized = load_quantized(kind, path)
+    reference = AutoModelForCausalLM.from_pretrained(path).eval()
+    modules = dict(reference.named_modules())
+    for name, module in _quantized_linears(quantized):
+        backend = resolve_quantization_backend(module, get_apply_tensor_subclass=lambda: None)
+        modules[name].weight.data = backend.get_base_weight(module).detach().float().clone()
+    return reference
+
+
+def gift(model: nn.Module, seed: int = 1) -> nn.Module:
+    """GIFT r=8 on q/v/o with a non-zero Θ (so merges and references have something to check)."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, peft_gift.GiftConfig(r=8, target_modules=TARGETS))
+    with torch.no_grad():
+        for param in peft_model.base_model.gift_psi.parameters():
+            param.normal_(0.0, 0.05)
+    return peft_model
+
+
+def theta_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "gift_phi" in k or "gift_psi" in k}
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def _plain(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor to compare (torchao's quantized tensors implement no aten.equal)."""
+    value = value.detach()
+    if type(value) is not torch.Tensor and type(value).__module__.startswith("torchao"):
+        return value.dequantize().clone()
+    return value.clone()
+
+
+IDS = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+KINDS = ["bnb4", "bnb8", "hqq", "torchao"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_step_changes_only_theta_and_matches_dequantized_reference(kind, checkpoint):
+    model = gift(load_quantized(kind, checkpoint))
+    assert all(isinstance(m, GiftLayer) and m.quantization_backend is not None
+               for n, m in model.named_modules() if n.endswith(tuple(TARGETS)))
+    before = {k: _plain(v) for k, v in model.state_dict().items()}
+    theta0 = theta_state(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(p) for n, p in model.named_parameters() if n in theta0}
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model.train()
+    loss = model(IDS, labels=IDS).loss
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    after = {k: _plain(v) for k, v in model.state_dict().items()}
+    changed = {k for k in before if before[k].shape != after[k].shape or not torch.equal(before[k], after[k])}
+    assert changed == set(theta0), changed
+    assert all((after[k] - theta0[k]).abs().max() > 1e-4 for k in theta0)
+
+    # the same adapter on the fp32 model with the dequantized weights gives the same outputs
+    reference = gift(dequantized_reference(kind, checkpoint))
+    reference.load_state_dict(theta_state(model), strict=False)
+    expected, got = logits(reference, IDS), logits(model, IDS)
+    with model.disable_adapter():
+        effect = (logits(model, IDS) - got).abs().max()
+    assert effect > 1e-2
+    torch.testing.assert_close(got, expected, atol=REFERENCE_ATOL[kind], rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_and_cluster_vectors_read_dequantized_weight(kind, checkpoint, tmp_path):
+    model = gift(load_quantized(kind, checkpoint))
+    out = logits(model, IDS)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(load_quantized(kind, checkpoint), tmp_path)
+    torch.testing.assert_close(logits(loaded, IDS), out, atol=0, rtol=0)
+
+    reference = gift(dequantized_reference(kind, checkpoint))
+    reference.load_state_dict(theta_state(model), strict=False)
+    got, expected = cluster_vectors(model), cluster_vectors(reference)
+    assert got.keys() == expected.keys() and len(got) == 6
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-5)
+
+
+def _merge_error(model: nn.Module) -> tuple[float, float, torch.Tensor]:
+    """(max |merged - unmerged| logits, max |adapter effect|, the unmerged logits)."""
+    unmerged = logits(model, IDS)
+    with model.disable_adapter():
+        effect = float((logits(model, IDS) - unmerged).abs().max())
+    model.merge_adapter()
+    error = float((logits(model, IDS) - unmerged).abs().max())
+    return error, effect, unmerged
+
+
+# measured max|merged - unmerged| / max|adapter effect| on this tiny Llama: GIFT bnb4 ≈ 0.19 (LoRA 0.10-0.2), bnb8
+# ≈ 0.02 (LoRA ≈ 0.005), hqq ≈ 0.2: requantizing the merged weight costs about one quantization step per weight.
+MERGE_RATIO = {"bnb4": 0.5, "bnb8": 0.1, "hqq": 0.5}
+
+
+@pytest.mark.parametrize("kind", ["bnb4", "bnb8", "hqq"])
+def test_merge_requantizes_and_unmerge_restores_storage_exactly(kind, checkpoint):
+    model = gift(load_quantized(kind, checkpoint))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    base_type = type(layer.get_base_layer())
+    w0 = layer.get_base_weight().clone()
+    c0 = cluster_vectors(model)
+    error, effect, unmerged = _merge_error(model)
+    assert effect > 1e-2 and error < MERGE_RATIO[kind] * effect, (error, effect)
+    assert type(layer.get_base_layer()) is base_type  # still quantized
+    assert not torch.equal(layer.get_base_weight(), w0)
+    # while merged, W (interpret, get_delta_weight) is the original dequantized weight, not the requantized one
+    torch.testing.assert_close(layer.unmerged_weight(), w0.double(), atol=0, rtol=0)
+    for name, value in cluster_vectors(model).items():
+        torch.testing.assert_close(value, c0[name], atol=0, rtol=0)
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.get_base_weight(), w0, atol=0, rtol=0)
+    torch.testing.assert_close(logits(model, IDS), unmerged, atol=0, rtol=0)
+
+    merged = model.merge_and_unload()
+    assert not any(isinstance(m, GiftLayer) for m in merged.modules())
+    q_proj = merged.model.layers[0].self_attn.q_proj
+    assert type(q_proj) is base_type
+    assert float((logits(merged, IDS) - unmerged).abs().max()) == pytest.approx(error, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["bnb4", "bnb8"])
+def test_gift_merge_error_is_comparable_to_lora(kind, checkpoint):
+    """PEFT's LoRA merge on the same quantized model is the reference for what requantization costs."""
+    gift_error, gift_effect, _ = _merge_error(gift(load_quantized(kind, checkpoint)))
+    lora = get_peft_model(load_quantized(kind, checkpoint), LoraConfig(r=8, target_modules=TARGETS, init_lora_weights=False))
+    lora_error, lora_effect, _ = _merge_error(lora)
+    # both are about one quantization step of the merged weight; GIFT is within a few times LoRA's relative error
+    assert gift_error / gift_effect < max(4 * lora_error / lora_effect, 0.05), (gift_error, gift_effect, lora_error,
+                                                                                lora_effect)
+
+
+def test_torchao_merge_refuses_naming_backend(checkpoint):
+    model = gift(load_quantized("torchao", checkpoint))
+    before = logits(model, IDS)
+    with pytest.raises(ValueError, match="torchao"):
+        model.merge_and_unload()
+    with pytest.raises(ValueError, match="torchao"):
+        model.merge_adapter()
+    torch.testing.assert_close(logits(model, IDS), before, atol=0, rtol=0)
+
+
+def test_forward_only_backend_merge_refuses_naming_backend(checkpoint):
+    """Backends PEFT cannot dequantize (GPTQ, AWQ, AQLM, EETQ, ...): a ValueError naming the backend."""
+    from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+
+    model = gift(load_quantized("bnb4", checkpoint))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.quantization_backend = ForwardOnlyQuantizationBackend("gptq")
+    with pytest.raises(ValueError, match="gptq"):
+        layer.merge()
+    assert not layer.merged
+
+
+@pytest.mark.parametrize("kind", ["bnb4", "bnb8", "torchao"])
+def test_lofit_refuses_quantized_o_proj_at_get_peft_model(kind, checkpoint):
+    config = peft_gift.LofitConfig(mode="scale", target_modules=["o_proj"])
+    with pytest.raises(ValueError, match=r"LoFiT cannot adapt the quantized .*(Linear4bit|Linear8bitLt|Linear)"):
+        get_peft_model(load_quantized(kind, checkpoint), config)
+
+
+def test_lofit_trains_with_unquantized_o_proj_on_4bit_model(checkpoint):
+    """The workaround the refusal names: keep o_proj unquantized (llm_int8_skip_modules)."""
+    model = load_quantized("bnb4", checkpoint, llm_int8_skip_modules=["o_proj", "lm_head"])
+    peft_model = get_peft_model(model, peft_gift.LofitConfig(mode="scale", target_modules=["o_proj"]))
+    loss = peft_model(IDS, labels=IDS).loss
+    loss.backward()
+    grads = [p.grad for p in peft_model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_prepare_model_for_kbit_training_with_gradient_checkpointing(checkpoint):
+    """QLoRA-style preparation + gradient checkpointing: Θ gets the same gradient as without checkpointing."""
+    grads = []
+    for checkpointing in (True, False):
+        model = load_quantized("bnb4", checkpoint)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": True})
+        peft_model = gift(model)
+        assert peft_model.base_model.model.is_gradient_checkpointing is checkpointing
+        peft_model.train()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model(IDS, labels=IDS).loss.backward()
+        grads.append({k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for key in grads[0]:
+        assert grads[0][key].abs().max() > 0
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-5)
+
+
+def test_copy_of_quantized_gift_model_keeps_backend(checkpoint):
+    model = gift(load_quantized("bnb4", checkpoint))
+    clone = copy.deepcopy(model)
+    torch.testing.assert_close(logits(clone, IDS), logits(model, IDS), atol=0, rtol=0)
