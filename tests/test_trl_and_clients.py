@@ -16,6 +16,7 @@ shared 2-core machine the tiny models run faster on one thread.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -195,8 +196,6 @@ def test_sft_chat_template_adding_tokens_trains_and_saves_those_rows(tmp_path, m
     pm.eval()
     with torch.no_grad():
         expected = pm(**batch).logits
-    import copy
-
     base = copy.deepcopy(pm).unload()  # the resized base model without any adapter
     reloaded = PeftModel.from_pretrained(base, str(out)).eval()
     with torch.no_grad():
@@ -212,7 +211,7 @@ PREFS = {"prompt": ["the cat is", "the dog is", "the sky is", "the grass is"],
 
 def _dpo(tmp_path, model, tok, peft_config=None, steps=3):
     args = trl.DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=steps, per_device_train_batch_size=4,
-                         learning_rate=3e-2, max_length=32, gradient_checkpointing=False, **COMMON)
+                         learning_rate=3e-2, max_length=32, **COMMON)
     return trl.DPOTrainer(model=model, args=args, train_dataset=Dataset.from_dict(PREFS), processing_class=tok,
                           peft_config=peft_config)
 
@@ -253,6 +252,7 @@ def test_dpo_trainer_with_a_wrapped_model_copies_default_into_ref(tmp_path, meth
     tok = _tokenizer()
     pm = _wrapped(tok, method)
     default = _adapter_params(pm, method)
+    assert default and all(".default." in n for n in default)  # what TRL's copy looks for
     trainer = _dpo(tmp_path, pm, tok, steps=2)
     assert trainer.ref_model is None and set(pm.peft_config) == {"default", "ref"}
     params = dict(pm.named_parameters())
@@ -260,15 +260,23 @@ def test_dpo_trainer_with_a_wrapped_model_copies_default_into_ref(tmp_path, meth
     assert len(ref) == len(default) and set(ref) <= set(params), sorted(set(ref) - set(params))
     for name, value in ref.items():  # TRL copied "default" into "ref" by name (".default." → ".ref.")
         torch.testing.assert_close(params[name].detach(), value, rtol=0, atol=0, msg=name)
-    # the reference is the adapter as it was: the first DPO loss is log 2 (policy = reference)
+    _assert_only_default_trainable(params, default, ref)  # as PEFT does for LoRA: the inactive "ref" is frozen
+    # the reference is the adapter as it was: the first DPO loss is log 2 (policy = reference), then it goes down
     trainer.train()
     losses = _losses(trainer)
-    assert losses[0] == pytest.approx(math.log(2), abs=1e-4), losses
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and losses[-1] < losses[0], losses
     params = dict(pm.named_parameters())
-    for name, value in ref.items():  # "ref" stays frozen, "default" trains
+    for name, value in ref.items():  # "ref" stays as it was, "default" trains
         torch.testing.assert_close(params[name].detach(), value, rtol=0, atol=0, msg=name)
     moved = _adapter_params(pm, method)
     assert all(not torch.equal(moved[n], default[n]) for n in default)
+    # TRL switched to "ref" and back (set_adapter) at every step: "default" is active and trainable again
+    assert pm.active_adapters == ["default"]
+    _assert_only_default_trainable(params, default, ref)
+
+
+def _assert_only_default_trainable(params, default, ref):
+    assert all(params[n].requires_grad for n in default) and not any(params[n].requires_grad for n in ref)
 
 
 # ---------------------------------------------------------------- transformers.pipeline("text-generation")
