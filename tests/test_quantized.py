@@ -289,3 +289,33 @@ def test_copy_of_quantized_gift_model_keeps_backend(checkpoint):
     model = gift(load_quantized("bnb4", checkpoint))
     clone = copy.deepcopy(model)
     torch.testing.assert_close(logits(clone, IDS), logits(model, IDS), atol=0, rtol=0)
+
+
+def test_recipe_quantization_option(checkpoint):
+    """configs/qgift_smollm2_commonsense.yaml validates; bad `quantization` entries raise one-line ConfigErrors; the
+    causal-LM task loads a 4-bit base from it."""
+    from pathlib import Path
+
+    from peft_gift.recipes.config import ConfigError, load_config, validate_config
+    from peft_gift.recipes.tasks import MultipleChoice
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "qgift_smollm2_commonsense.yaml"
+    cfg = validate_config(load_config(path))
+    assert cfg["quantization"]["load_in_4bit"] is True and cfg["method"]["r"] == 64
+    bad = [
+        ({"load_in_4bit": True, "load_in_8bit": True}, "exactly one"),
+        ({}, "exactly one"),
+        ({"load_in_4bit": True, "bnb_4bit_quant_typo": "nf4"}, "bnb_4bit_quant_typo"),
+        ({"load_in_4bit": True, "bnb_4bit_compute_dtype": "float64"}, "bnb_4bit_compute_dtype"),
+        ("4bit", "mapping"),
+    ]
+    for quant, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            validate_config({**load_config(path), "quantization": quant})
+    with pytest.raises(ConfigError, match="causal_lm_mc"):
+        validate_config({**load_config(path), "task": "seq_cls"})
+
+    task = MultipleChoice.__new__(MultipleChoice)
+    task.model_path, task.quantization = str(checkpoint), cfg["quantization"]
+    model = task.load_model()
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"

@@ -19,7 +19,10 @@ from typing import Any
 
 import yaml
 
-TOP_KEYS = ("model", "task", "method", "data", "training", "seed", "output_dir")
+TOP_KEYS = ("model", "task", "method", "data", "training", "seed", "output_dir", "quantization")
+# ``quantization``: fields of transformers.BitsAndBytesConfig for a quantized base model (QGIFT); causal LM tasks only
+QUANT_TASKS = ("causal_lm_mc",)
+_QUANT_DTYPES = ("float32", "bfloat16", "float16")
 DATA_KEYS = (
     "dataset", "subset", "train_split", "eval_split", "train_size", "eval_size", "seed", "max_length",
     "text_columns", "label_column", "image_column", "image_size",
@@ -175,6 +178,8 @@ def validate_config(cfg: dict) -> dict:
     for key, minimum in _DATA_INTS.items():
         if data.get(key) is not None and not (key == "image_size" and isinstance(data[key], (list, tuple))):
             check_int(data[key], f"data.{key}", minimum)
+    if cfg.get("quantization") is not None:
+        cfg["quantization"] = check_quantization(cfg["quantization"], cfg["task"])
     cfg["training"] = check_training(cfg.get("training"), "training")
     cfg.setdefault("seed", 0)
     check_int(cfg["seed"], "seed")
@@ -184,6 +189,36 @@ def validate_config(cfg: dict) -> dict:
             raise ConfigError(f"output_dir must be a directory path, got {out!r} ({type(out).__name__})")
         check_output_dir(out)
     return cfg
+
+
+def check_quantization(quant, task: str):
+    """None, or the validated ``BitsAndBytesConfig`` fields: exactly one of load_in_4bit / load_in_8bit true."""
+    if quant is None:
+        return None
+    if not isinstance(quant, dict):
+        raise ConfigError("'quantization' must be a mapping of transformers.BitsAndBytesConfig fields, e.g. "
+                          "{load_in_4bit: true, bnb_4bit_quant_type: nf4}")
+    if task not in QUANT_TASKS:
+        raise ConfigError(f"quantization is supported for task(s) {', '.join(QUANT_TASKS)}, not {task!r}")
+    import inspect
+
+    from transformers import BitsAndBytesConfig
+
+    allowed = [k for k in inspect.signature(BitsAndBytesConfig.__init__).parameters if k not in ("self", "kwargs")]
+    check_unknown(quant, allowed, "quantization")
+    bits = [k for k in ("load_in_4bit", "load_in_8bit") if quant.get(k) is True]
+    if len(bits) != 1:
+        raise ConfigError("quantization needs exactly one of load_in_4bit: true or load_in_8bit: true")
+    for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+        if key in quant and quant[key] not in _QUANT_DTYPES:
+            raise ConfigError(f"quantization.{key} must be one of {', '.join(_QUANT_DTYPES)}, got {quant[key]!r}")
+    if "bnb_4bit_quant_type" in quant and quant["bnb_4bit_quant_type"] not in ("nf4", "fp4"):
+        raise ConfigError(f"quantization.bnb_4bit_quant_type must be 'nf4' or 'fp4', got {quant['bnb_4bit_quant_type']!r}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("quantization needs bitsandbytes: pip install 'bitsandbytes>=0.50,<0.51'") from None
+    return dict(quant)
 
 
 def check_output_dir(path) -> Path:

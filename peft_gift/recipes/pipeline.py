@@ -58,6 +58,7 @@ def prepare(cfg: dict) -> Job:
     task_cls = TASKS[cfg["task"]]
     train, evl, columns = load_data(cfg, task_cls)
     task = task_cls(model_path, cfg["data"], columns, train, evl)
+    task.quantization = cfg.get("quantization")
     return Job(cfg, model_path, task, train, evl, task.encode(train), task.encode(evl))
 
 

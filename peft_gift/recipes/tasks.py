@@ -56,6 +56,7 @@ class Task:
 
     def __init__(self, model_path: str, data_cfg: dict, columns: dict, train, evl) -> None:
         self.model_path, self.data_cfg, self.columns = model_path, data_cfg, columns
+        self.quantization: Optional[dict] = None  # BitsAndBytesConfig fields (the config's ``quantization``)
 
     @classmethod
     def head_modules(cls, model) -> list[str]:
@@ -275,7 +276,17 @@ class MultipleChoice(Task):
     def load_model(self):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.model_path)
+        if not self.quantization:
+            return AutoModelForCausalLM.from_pretrained(self.model_path)
+        import os
+
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        # a quantized base (QGIFT): bitsandbytes quantizes while loading, on this process's device
+        device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else "cpu"
+        return AutoModelForCausalLM.from_pretrained(
+            self.model_path, quantization_config=BitsAndBytesConfig(**self.quantization), device_map=device_map)
 
     def encode(self, ds):
         from .multiple_choice import encode_pair
