@@ -1,29 +1,28 @@
-"""Accuracy per trainable parameter on real data: GIFT vs LoFiT vs PEFT baselines, CPU-sized.
+"""Accuracy per trainable parameter, controlled: learning rate chosen on a dev split per method, then several seeds
+at equal optimizer steps; GIFT / LoFiT vs PEFT baselines, CPU-sized.
 
-    python scripts/bench_accuracy.py                       # GLUE part (MiniLM) and LM part (SmolLM2-135M), then report
-    python scripts/bench_accuracy.py --parts glue --seeds 0,1
-    python scripts/bench_accuracy.py --parts lm
-    python scripts/bench_accuracy.py --report-only         # rebuild accuracy.json/.md/.png from the runs file
-    python scripts/bench_accuracy.py --quick --out /tmp/b  # tiny random models on synthetic data (smoke test)
+    python scripts/bench_accuracy.py --parts glue --tasks sst2           # the study in docs/results.md (resumable)
+    python scripts/bench_accuracy.py --parts glue --methods ia3,full     # add methods to the same study
+    python scripts/bench_accuracy.py --report-only                       # rebuild accuracy.json/.md/.png
+    python scripts/bench_accuracy.py --quick --out /tmp/b                # tiny random models, synthetic data
 
 A thin driver over the training CLI's pipeline (``peft_gift.recipes``): every run is a job config (model, task,
 method from the recipe method registry, data, TrainingArguments, seed) that is prepared, trained and evaluated by
-the same code as ``python scripts/train.py CONFIG.yaml`` — the config is stored with each run, so any number can be
-reproduced with the CLI. Every finished run is appended to ``<out>/accuracy_runs.jsonl`` and skipped when the script
-is started again with the same settings (so an interrupted study resumes). The report step aggregates the runs
-(mean ± std over seeds) into ``accuracy.json``, ``accuracy.md`` and ``docs/img/accuracy_vs_params.png``.
+the same code as ``python scripts/train.py CONFIG.yaml``; the config is stored with each run, so any number can be
+reproduced with the CLI. Runs are appended to ``<out>/accuracy_runs.jsonl`` and skipped when the script starts again
+with the same settings, so an interrupted study resumes.
 
-GLUE part: all-MiniLM-L6-v2 (sequence classification, new linear head) on SST-2, RTE and MRPC. Only the GLUE
-validation sets install offline, so each is shuffled (seed 0) and split into disjoint train / test parts of the
-sizes in ``GLUE_SIZES``. Every method gets the same budget: the same examples, epochs, batch size, schedule (AdamW,
-linear warm-up over 10% of the steps then linear decay, no weight decay) and seed; learning rates are fixed per
-method (``LR``), GIFT's rank is the grid r ∈ {8, 32}. LoFiT: stage 1 learns a scale per head on all heads with an L1
-penalty (1 epoch, extra), the top-K heads by ‖A‖ get offsets in stage 2 (the same budget as the other methods);
-``lofit_random`` trains stage 2 on K random heads (localisation check).
-
-LM part: SmolLM2-135M-Instruct on ARC-Easy multiple choice (answer-only SFT loss; accuracy = argmax of the summed
-answer log-likelihood, acc_norm = the same per character), zero-shot vs GIFT vs LoRA vs LoFiT (selected heads) vs
-LoFiT (random heads, same K).
+Protocol, per (task, method):
+1. **dev**: for every learning rate of the method's grid (``LR_GRID``, 4 log-spaced values), train with seed 0 on
+   the training part minus a dev part carved from it (``DEV_FRACTION``) and evaluate on that dev part. The test part
+   is never used here.
+2. the learning rate with the best dev accuracy is chosen (ties: the smaller one);
+3. **test**: train on the whole training part at that learning rate with every seed, evaluate on the test part.
+Every method gets the same budget: ``--steps`` optimizer steps at ``--batch-size`` (LoFiT: half for stage 1, half for
+stage 2), AdamW, linear warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds,
+the majority-class accuracy of the test part, and the paired per-seed differences GIFT − LoRA and LoFiT − LoRA with
+a 95% t-interval; a task where every method stays within one point of its majority class is left out of summaries.
+A classification head (new, random) is trained with the method, at the method's chosen learning rate.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +45,22 @@ sys.path.insert(0, str(ROOT))
 from peft_gift import recipes  # noqa: E402
 from peft_gift.recipes.data import resolve_model  # noqa: E402
 
-GLUE_TASKS = ("sst2", "rte", "mrpc")
-# (train, test) examples cut disjointly from the packaged validation split (872 / 277 / 408 rows)
-GLUE_SIZES = {"sst2": (192, 256), "rte": (160, 117), "mrpc": (160, 200)}
-GLUE_MAXLEN = {"sst2": 64, "rte": 128, "mrpc": 128}
-GLUE_METHODS = ("gift_r8", "gift_r32", "lora", "vera", "ia3", "lofit", "lofit_random", "bitfit", "linear_probe",
-                "lp_ft", "full")
-LM_METHODS = ("zero_shot", "gift_r16", "lora", "lofit", "lofit_random")
-# fixed learning rates (AdamW, linear warm-up 10% then linear decay, no weight decay)
-LR = {"gift": 2e-3, "lora": 5e-3, "vera": 1e-2, "ia3": 1e-2, "lofit_scale": 5e-3, "lofit_bias": 1e-2,
-      "bitfit": 5e-3, "linear_probe": 1e-2, "full": 1e-4}
-LM_LR = {"gift": 1e-3, "lora": 1e-3, "lofit_scale": 5e-3, "lofit_bias": 1e-2}
+GLUE_TASKS = ("sst2", "rte", "mrpc", "twitter")
+# (train, test) examples cut disjointly from one split: the packaged GLUE validation sets (872 / 277 / 408 rows) and
+# the 37,243 distinct tweets
+GLUE_SIZES = {"sst2": (600, 272), "rte": (160, 117), "mrpc": (160, 200), "twitter": (2000, 1000)}
+GLUE_SPLIT = {"sst2": "validation", "rte": "validation", "mrpc": "validation", "twitter": "train"}
+GLUE_MAXLEN = {"sst2": 64, "rte": 128, "mrpc": 128, "twitter": 48}
+DEV_FRACTION = 0.2  # of the training part, for choosing the learning rate
+GLUE_METHODS = ("gift_r32", "lora", "lofit", "linear_probe")  # the default study; any key of LR_GRID can be added
+LM_METHODS = ("zero_shot", "gift_r64", "lora", "lofit", "lofit_random")
+# 4 log-spaced learning rates per method, centred on the values the papers and PEFT's examples use
+LR_GRID = {
+    "gift": (1e-3, 3e-3, 1e-2, 3e-2), "lora": (1e-3, 3e-3, 1e-2, 3e-2), "vera": (3e-3, 1e-2, 3e-2, 1e-1),
+    "ia3": (3e-3, 1e-2, 3e-2, 1e-1), "miss": (1e-3, 3e-3, 1e-2, 3e-2), "lofit": (3e-3, 1e-2, 3e-2, 1e-1),
+    "bitfit": (1e-3, 3e-3, 1e-2, 3e-2), "linear_probe": (1e-3, 3e-3, 1e-2, 3e-2), "full": (1e-5, 3e-5, 1e-4, 3e-4),
+    "lp_ft": (1e-5, 3e-5, 1e-4, 3e-4),
+}
 L1_LAMBDA = 1e-3
 
 
@@ -86,43 +91,57 @@ def random_heads(layers: int, heads: int, k: int, seed: int) -> list[list[int]]:
     return [list(divmod(i, heads)) for i in sorted(flat)]
 
 
-def method_entry(method: str, model_path: str, lrs: dict, seed: int) -> tuple[dict | None, float | None]:
-    """``(method mapping of the recipe registry, learning rate)``; ``(None, None)`` for the untrained model."""
+def grid_key(method: str) -> str:
+    """The LR_GRID entry of a method name of the study (``gift_r32`` → ``gift``, ``lofit_random`` → ``lofit``)."""
+    return "gift" if method.startswith("gift_r") else ("lofit" if method.startswith("lofit") else method)
+
+
+def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int) -> dict | None:
+    """The method mapping of the recipe registry for one run (``None`` for the untrained model). LoFiT gets half of
+    the ``steps`` for stage 1 and half for stage 2, both at ``lr``, so every method trains ``steps`` steps."""
     layers, heads, qv = geometry(model_path)
     if method == "zero_shot":
-        return None, None
+        return None
     if method.startswith("gift_r"):
-        return {"name": "gift", "r": int(method[6:]), "sharing": "module", "target_modules": qv}, lrs["gift"]
+        return {"name": "gift", "r": int(method[6:]), "sharing": "module", "target_modules": qv}
     if method == "lora":
-        return {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": qv}, lrs["lora"]
+        return {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": qv}
     if method == "vera":
-        return {"name": "vera", "r": 256, "target_modules": qv}, lrs["vera"]
+        return {"name": "vera", "r": 256, "target_modules": qv}
+    if method == "miss":
+        return {"name": "miss", "r": 64, "target_modules": qv}
     if method == "ia3":
-        return {"name": "ia3"}, lrs["ia3"]
+        return {"name": "ia3"}
     k = lofit_k(layers, heads)
-    stage2 = {"stage2": {"init_std": 1e-3}, "stage2_training": {"learning_rate": lrs["lofit_bias"]}}
+    half = {"max_steps": max(1, steps // 2), "learning_rate": lr}
+    stage2 = {"stage2": {"init_std": 1e-3}, "stage2_training": half}
     if method == "lofit":
         return {"name": "lofit", "k": k, "stage1": {"l1_lambda": L1_LAMBDA, "init_std": 1e-3},
-                "stage1_training": {"learning_rate": lrs["lofit_scale"], "num_train_epochs": 1}, **stage2}, \
-            lrs["lofit_bias"]
-    if method == "lofit_random":
-        return {"name": "lofit", "heads": random_heads(layers, heads, k, seed), **stage2}, lrs["lofit_bias"]
-    if method == "lp_ft":
-        return {"name": "lp_ft", "stage1_training": {"learning_rate": lrs["linear_probe"]},
-                "stage2_training": {"learning_rate": lrs["full"]}}, lrs["full"]
+                "stage1_training": half, **stage2}
+    if method == "lofit_random":  # the localisation check: stage 2 on K random heads, the full budget
+        return {"name": "lofit", "heads": random_heads(layers, heads, k, seed), "stage2": {"init_std": 1e-3}}
+    if method == "lp_ft":  # head first (half the steps, 10x the rate), then head + model
+        return {"name": "lp_ft", "stage1_training": {"max_steps": max(1, steps // 2), "learning_rate": 10 * lr},
+                "stage2_training": half}
     if method in ("bitfit", "linear_probe", "full"):
-        return {"name": method}, lrs[method]
-    raise ValueError(f"unknown method {method!r}")
+        return {"name": method}
+    raise ValueError(f"unknown method {method!r}; known: gift_r<rank>, {', '.join(sorted(LR_GRID))}, lofit_random")
 
 
-def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: float | None, epochs: int, bs: int,
+def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: float | None, steps: int, bs: int,
                eval_bs: int, seed: int) -> dict:
     """The recipe config of one run: what ``python scripts/train.py`` would be given to reproduce it."""
     return {"model": model_path, "task": task, "method": method or {"name": "full"}, "data": data, "seed": seed,
-            "training": {"num_train_epochs": epochs, "per_device_train_batch_size": bs,
-                         "per_device_eval_batch_size": eval_bs, "learning_rate": lr or 1e-3, "warmup_steps": 0.1,
-                         "lr_scheduler_type": "linear", "weight_decay": 0.0, "logging_steps": 1000,
-                         "disable_tqdm": True}}
+            "training": {"max_steps": steps, "per_device_train_batch_size": bs, "per_device_eval_batch_size": eval_bs,
+                         "learning_rate": lr or 1e-3, "warmup_steps": 0.1, "lr_scheduler_type": "linear",
+                         "weight_decay": 0.0, "logging_steps": 1000, "disable_tqdm": True}}
+
+
+def majority_rate(dataset) -> float | None:
+    """Accuracy of always answering the most frequent label of ``dataset`` (None without a ``label`` column)."""
+    if "label" not in dataset.column_names or len(dataset) == 0:
+        return None
+    return max(Counter(dataset["label"]).values()) / len(dataset)
 
 
 def run_job(cfg: dict, train: bool) -> dict:
@@ -146,6 +165,7 @@ def run_job(cfg: dict, train: bool) -> dict:
         rec.update(recipes.param_counts(model) | {"trainable_params": 0, "head_params": 0})
     rec["result"] = recipes.evaluate(model, job)
     rec["train_examples"], rec["test_examples"] = len(job.train), len(job.eval)
+    rec["majority"] = majority_rate(job.eval)
     return rec
 
 
@@ -214,7 +234,7 @@ def quick_assets(root: Path, vocab: int = 64) -> dict:
 
 
 def key_of(rec: dict) -> tuple:
-    return (rec["part"], rec["task"], rec["method"], rec["seed"], rec["train_examples"], rec["epochs"])
+    return (rec["part"], rec["task"], rec["method"], rec["phase"], rec["lr"], rec["seed"], rec["steps"])
 
 
 def load_runs(path: Path) -> list[dict]:
@@ -223,85 +243,141 @@ def load_runs(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _part_plan(part: str, args, quick: dict | None) -> tuple[list[tuple[str, str, dict]], list[str], dict]:
+    """([(task, model, data of the final train/test split)], methods, settings) of a part."""
+    if part == "glue":
+        tasks = args.tasks.split(",") if args.tasks else (["synthetic"] if args.quick else ["sst2"])
+        plan = []
+        for task in tasks:
+            if args.quick:
+                plan.append((task, quick["bert"], {"dataset": quick["cls"], "train_split": "validation",
+                                                   "eval_split": "validation", "train_size": 64, "eval_size": 64,
+                                                   "max_length": 32}))
+                continue
+            if task not in GLUE_SIZES:
+                raise SystemExit(f"unknown task {task!r}; known: {', '.join(GLUE_TASKS)}")
+            n_train, n_test = GLUE_SIZES[task]
+            plan.append((task, "minilm-l6", {"dataset": task, "train_split": GLUE_SPLIT[task],
+                                             "eval_split": GLUE_SPLIT[task], "train_size": n_train,
+                                             "eval_size": n_test, "seed": 0, "max_length": GLUE_MAXLEN[task]}))
+        methods = args.methods.split(",") if args.methods else list(GLUE_METHODS)
+        return plan, methods, dict(task_name="seq_cls", bs=args.batch_size, eval_bs=128, steps=args.steps)
+    if args.quick:
+        plan = [("synthetic_mc", quick["llama"], {"dataset": quick["mc"], "max_length": 32})]
+    else:
+        plan = [("arc_easy", "smollm2-135m", {"dataset": "arc_easy", "train_split": "train",
+                                               "eval_split": "validation", "train_size": args.lm_train,
+                                               "eval_size": args.lm_test, "seed": 0, "max_length": 128})]
+    methods = args.methods.split(",") if args.methods else list(LM_METHODS)
+    return plan, methods, dict(task_name="causal_lm_mc", bs=8, eval_bs=16, steps=args.lm_steps)
+
+
+def dev_data(data: dict, train_examples: int) -> dict:
+    """The dev phase's data: the training part minus its last DEV_FRACTION for training, that remainder for
+    evaluation (same shuffle, so the test part is untouched)."""
+    n_dev = max(1, round(DEV_FRACTION * train_examples))
+    if data.get("train_split", "train") == data.get("eval_split", "validation"):
+        return {**data, "train_size": train_examples - n_dev, "eval_size": n_dev}
+    # separate train/eval splits: carve train and dev from the training split itself
+    return {**data, "eval_split": data.get("train_split", "train"), "train_size": train_examples - n_dev,
+            "eval_size": n_dev}
+
+
 def run_part(part: str, args, runs_path: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    done = {key_of(r) for r in load_runs(runs_path)}
-    seeds = [int(s) for s in args.seeds.split(",")]
     quick = quick_assets(runs_path.parent / "_quick_assets") if args.quick else None
-    if part == "glue":
-        tasks = args.tasks.split(",") if args.tasks else (["synthetic"] if args.quick else list(GLUE_TASKS))
-        methods = args.methods.split(",") if args.methods else list(GLUE_METHODS)
-        plan = []
-        for task in tasks:
-            if args.quick:
-                model, data = quick["bert"], {"dataset": quick["cls"], "train_split": "validation",
-                                              "eval_split": "validation", "train_size": 64, "eval_size": 64,
-                                              "max_length": 32}
-            else:
-                model = "minilm-l6"
-                n_train, n_test = GLUE_SIZES[task]
-                data = {"dataset": task, "train_split": "validation", "eval_split": "validation",
-                        "train_size": n_train, "eval_size": n_test, "seed": 0, "max_length": GLUE_MAXLEN[task]}
-            plan += [(task, model, data, seed, m) for seed in seeds for m in methods]
-        settings = dict(task_name="seq_cls", epochs=args.epochs, bs=args.batch_size, eval_bs=64, lrs=LR)
-    else:
-        methods = args.methods.split(",") if args.methods else list(LM_METHODS)
-        if args.quick:
-            task, model, data = "synthetic_mc", quick["llama"], {"dataset": quick["mc"], "max_length": 32}
-        else:
-            task, model = "arc_easy", "smollm2-135m"
-            data = {"dataset": "arc_easy", "train_split": "train", "eval_split": "validation",
-                    "train_size": args.lm_train, "eval_size": args.lm_test, "seed": 0, "max_length": 128}
-        plan = [(task, model, data, seed, m) for seed in seeds[: args.lm_seeds] for m in methods]
-        settings = dict(task_name="causal_lm_mc", epochs=args.lm_epochs, bs=8, eval_bs=16, lrs=LM_LR)
-    for task, model, data, seed, method in plan:
-        n_train = data.get("train_size") or (48 if args.quick else None)
-        if (part, task, method, seed, n_train, settings["epochs"]) in done:
-            continue
+    plan, methods, st = _part_plan(part, args, quick)
+    seeds = [int(x) for x in args.seeds.split(",")]
+
+    def run(task, model, data, method, phase, lr, seed):
+        done = {key_of(r): r for r in load_runs(runs_path)}
+        key = (part, task, method, phase, lr, seed, st["steps"])
+        if key in done:
+            return done[key]
         model_path = resolve_model(model)
-        entry, lr = method_entry(method, model_path, settings["lrs"], seed)
-        cfg = job_config(model, settings["task_name"], data, entry, lr, settings["epochs"], settings["bs"],
-                         settings["eval_bs"], seed)
+        entry = method_entry(method, model_path, lr, seed, st["steps"])
+        cfg = job_config(model, st["task_name"], data, entry, lr, st["steps"], st["bs"], st["eval_bs"], seed)
         t0 = time.time()
-        rec = {"part": part, "task": task, "method": method, "seed": seed, "epochs": settings["epochs"],
-               "batch_size": settings["bs"], "lr": lr, "config": cfg, **run_job(cfg, train=entry is not None)}
-        if entry is not None and entry["name"] == "lofit":
-            rec["k"] = len(rec.get("heads", []))
+        rec = {"part": part, "task": task, "method": method, "phase": phase, "lr": lr, "seed": seed,
+               "steps": st["steps"], "batch_size": st["bs"], "config": cfg,
+               **run_job(cfg, train=entry is not None)}
         rec["wall_s"] = round(time.time() - t0, 1)
-        log(f"{part} {task} seed {seed} {method}: {rec['result']} ({rec['trainable_params']:,} params, "
-            f"{rec['wall_s']} s)")
+        log(f"{part} {task} {method} {phase} lr={lr} seed={seed}: {rec['result']} ({rec['trainable_params']:,} "
+            f"params, {rec['wall_s']} s)")
         with runs_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
+        return rec
+
+    for task, model, data in plan:
+        train_examples = data.get("train_size") or len(recipes.prepare(job_config(
+            model, st["task_name"], data, None, None, 1, 1, 1, 0)).train)
+        for method in methods:
+            if method == "zero_shot":
+                run(task, model, data, method, "test", None, 0)
+                continue
+            grid = LR_GRID[grid_key(method)][1:3] if args.quick else LR_GRID[grid_key(method)]
+            dev = {lr: run(task, model, dev_data(data, train_examples), method, "dev", lr, 0)["result"]["accuracy"]
+                   for lr in grid}
+            best = max(grid, key=lambda lr: (dev[lr], -lr))
+            for seed in seeds:
+                run(task, model, data, method, "test", best, seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # report
 
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
-def aggregate(runs: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["part"], r["task"], r["method"]), []).append(r)
-    rows = []
-    for (part, task, method), rs in groups.items():
-        accs = [r["result"]["accuracy"] for r in rs]
-        row = {"part": part, "task": task, "method": method, "seeds": sorted(r["seed"] for r in rs),
-               "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)) if len(accs) > 1 else 0.0,
-               "accuracies": accs, "trainable_params": int(np.median([r["trainable_params"] for r in rs])),
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """Mean of the per-seed differences a − b over the seeds both have, with a 95% t-interval."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds])
+    half = T95.get(len(seeds) - 1, 1.96) * d.std(ddof=1) / np.sqrt(len(seeds))
+    return {"mean": float(d.mean()), "low": float(d.mean() - half), "high": float(d.mean() + half), "n": len(seeds)}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    rows, diffs = [], []
+    tests = [r for r in runs if r.get("phase") == "test"]
+    for key in dict.fromkeys((r["part"], r["task"], r["method"]) for r in tests):
+        part, task, method = key
+        rs = [r for r in tests if (r["part"], r["task"], r["method"]) == key]
+        lr = rs[-1]["lr"]  # the chosen rate (a later, resumed study with another choice appends new test runs)
+        rs = [r for r in rs if r["lr"] == lr]
+        accs = {r["seed"]: r["result"]["accuracy"] for r in rs}
+        dev = sorted([r["lr"], r["result"]["accuracy"]] for r in runs  # [[lr, dev accuracy], ...]
+                     if r.get("phase") == "dev" and (r["part"], r["task"], r["method"]) == key)
+        row = {"part": part, "task": task, "method": method, "lr": lr, "dev": dev, "seeds": sorted(accs),
+               "accuracies": accs, "accuracy_mean": float(np.mean(list(accs.values()))),
+               "accuracy_std": float(np.std(list(accs.values()), ddof=1)) if len(accs) > 1 else 0.0,
+               "trainable_params": int(np.median([r["trainable_params"] for r in rs])),
                "head_params": int(np.median([r["head_params"] for r in rs])),
                "train_examples": rs[0]["train_examples"], "test_examples": rs[0]["test_examples"],
-               "epochs": rs[0]["epochs"], "lr": rs[0]["lr"],
-               "train_time_s": float(np.mean([r.get("train", {}).get("train_time_s", 0.0) for r in rs]))}
-        if "f1" in rs[0]["result"]:
-            row["f1_mean"] = float(np.mean([r["result"]["f1"] for r in rs]))
-        if "acc_norm" in rs[0]["result"]:
-            row["acc_norm_mean"] = float(np.mean([r["result"]["acc_norm"] for r in rs]))
+               "majority": rs[0].get("majority"), "steps": rs[0]["steps"],
+               "train_time_s": float(np.mean([r.get("train", {}).get("train_time_s", 0.0) for r in rs])),
+               "wall_s": float(sum(r.get("wall_s", 0.0) for r in runs if (r["part"], r["task"], r["method"]) == key))}
         if "heads" in rs[0]:
             row["heads"] = {r["seed"]: r["heads"] for r in rs}
         rows.append(row)
-    return rows
+    by = {(r["part"], r["task"], r["method"]): r for r in rows}
+    for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
+        lora = by.get((part, task, "lora"))
+        for r in [r for r in rows if (r["part"], r["task"]) == (part, task)]:
+            if lora is not None and r["method"] != "lora" and r["method"].startswith(("gift", "lofit")):
+                d = paired(r["accuracies"], lora["accuracies"])
+                if d is not None:
+                    diffs.append({"part": part, "task": task, "a": r["method"], "b": "lora", **d})
+    informative = {}
+    for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
+        trained = [r for r in rows if (r["part"], r["task"]) == (part, task) and r["method"] != "zero_shot"]
+        maj = trained[0]["majority"] if trained else None
+        informative[f"{part}/{task}"] = maj is None or any(r["accuracy_mean"] > maj + 0.01 for r in trained)
+    return {"rows": rows, "paired": diffs, "informative": informative}
 
 
 def _pct(m, s=None):
@@ -309,44 +385,37 @@ def _pct(m, s=None):
 
 
 def markdown(report: dict) -> str:
-    rows = report["rows"]
-    lines = [f"# Accuracy benchmark ({'quick' if report['quick'] else 'full'})", "",
+    agg = report["aggregate"]
+    rows = agg["rows"]
+    lines = [f"# Accuracy study ({'quick' if report['quick'] else 'full'})", "",
              f"Machine: {report['machine']}. Command(s): {report['commands']}", "",
-             "Accuracy in % on the held-out part, mean ± std over seeds; trainable parameters include the "
-             "classification head where there is one (head size in brackets).", ""]
-    for part in ("glue", "lm"):
-        prow = [r for r in rows if r["part"] == part]
-        if not prow:
-            continue
-        tasks = list(dict.fromkeys(r["task"] for r in prow))
-        methods = list(dict.fromkeys(r["method"] for r in prow))
-        by = {(r["task"], r["method"]): r for r in prow}
-        lines += [f"## {'MiniLM-L6 sequence classification' if part == 'glue' else 'SmolLM2-135M multiple choice'}", ""]
-        sizes = ", ".join(f"{t} {by[(t, methods[0])]['train_examples']}/{by[(t, methods[0])]['test_examples']}"
-                          for t in tasks if (t, methods[0]) in by)
-        lines += [f"train/test examples: {sizes}; epochs {prow[0]['epochs']}.", ""]
-        head = "| method | trainable params (head) | lr | " + " | ".join(tasks) + (" | mean |" if len(tasks) > 1 else " |")
-        lines += [head, "|" + "---|" * (3 + len(tasks) + (1 if len(tasks) > 1 else 0))]
-        for m in methods:
-            cells, means = [], []
-            ref = next(by[(t, m)] for t in tasks if (t, m) in by)
-            for t in tasks:
-                r = by.get((t, m))
-                if r is None:
-                    cells.append("—")
-                    continue
-                extra = f" (F1 {100 * r['f1_mean']:.1f})" if t == "mrpc" and "f1_mean" in r else ""
-                cells.append(_pct(r["accuracy_mean"], r["accuracy_std"]) + f" [n={len(r['seeds'])}]" + extra)
-                means.append(r["accuracy_mean"])
-            lr = "—" if ref["lr"] is None else f"{ref['lr']:g}"
-            line = f"| {m} | {ref['trainable_params']:,} ({ref['head_params']:,}) | {lr} | " + " | ".join(cells)
-            if len(tasks) > 1:
-                line += " | " + (_pct(np.mean(means)) if len(means) == len(tasks) else "—")
-            lines.append(line + " |")
-        lines.append("")
-        for r in prow:
-            if "heads" in r and r["method"] in ("lofit", "lofit_random"):
-                lines.append(f"- {r['task']} {r['method']} heads: " + "; ".join(f"seed {s}: {h}" for s, h in r["heads"].items()))
+             "Accuracy in % on the test part, mean ± std over seeds at the learning rate chosen on the dev part "
+             "(dev accuracy per grid rate in the last column); trainable parameters include the classification head "
+             "where there is one (head size in brackets).", ""]
+    for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
+        trow = [r for r in rows if (r["part"], r["task"]) == (part, task)]
+        first = trow[0]
+        maj = "—" if first["majority"] is None else _pct(first["majority"])
+        note = "" if agg["informative"][f"{part}/{task}"] else " **(every method at the majority class: left out)**"
+        lines += [f"## {task} ({'MiniLM-L6' if part == 'glue' else 'SmolLM2-135M'}){note}", "",
+                  f"{first['train_examples']} training / {first['test_examples']} test examples; {first['steps']} "
+                  f"optimizer steps for every method; majority class {maj}%.", "",
+                  "| method | trainable params (head) | chosen lr | test accuracy | seeds | dev accuracy per lr | "
+                  "run cost (s) |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(trow, key=lambda r: r["trainable_params"]):
+            lr = "—" if r["lr"] is None else f"{r['lr']:g}"
+            dev = ", ".join(f"{k:g}: {100 * v:.1f}" for k, v in r["dev"]) or "—"
+            lines.append(f"| {r['method']} | {r['trainable_params']:,} ({r['head_params']:,}) | {lr} | "
+                         f"{_pct(r['accuracy_mean'], r['accuracy_std'])} | {len(r['seeds'])} | {dev} | "
+                         f"{r['wall_s']:.0f} |")
+        pd = [d for d in agg["paired"] if (d["part"], d["task"]) == (part, task)]
+        if pd:
+            lines += ["", "Paired per-seed differences (points, 95% t-interval):", ""]
+            lines += [f"- {d['a']} − {d['b']}: {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                      f" over {d['n']} seeds" for d in pd]
+        heads = [r for r in trow if "heads" in r]
+        lines += [""] + [f"- {r['method']} heads: " + "; ".join(f"seed {s}: {h}" for s, h in r["heads"].items())
+                         for r in heads]
         lines.append("")
     return "\n".join(lines)
 
@@ -357,21 +426,24 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["rows"]
-    groups = [(p, t) for p, t in dict.fromkeys((r["part"], r["task"]) for r in rows)]
-    n = len(groups)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    rows = report["aggregate"]["rows"]
+    groups = list(dict.fromkeys((r["part"], r["task"]) for r in rows))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), squeeze=False)
     for ax, (part, task) in zip(axes[0], groups):
-        for r in [r for r in rows if r["part"] == part and r["task"] == task]:
+        trow = [r for r in rows if (r["part"], r["task"]) == (part, task)]
+        for r in trow:
             x = max(r["trainable_params"], 1)
             ax.errorbar([x], [100 * r["accuracy_mean"]], yerr=[100 * r["accuracy_std"]], fmt="o", capsize=3,
                         color="C3" if r["method"].startswith(("gift", "lofit")) else "C0")
             ax.annotate(r["method"], (x, 100 * r["accuracy_mean"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
+        if trow[0]["majority"] is not None:
+            ax.axhline(100 * trow[0]["majority"], color="grey", ls="--", lw=0.8, label="majority class")
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log)")
-        ax.set_ylabel("accuracy %")
-        ax.set_title(f"{'MiniLM' if part == 'glue' else 'SmolLM2-135M'}: {task}", fontsize=9)
+        ax.set_ylabel("test accuracy % (mean ± std over seeds)")
+        ax.set_title(f"{'MiniLM-L6' if part == 'glue' else 'SmolLM2-135M'}: {task}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,12 +453,13 @@ def plot(report: dict, path: Path) -> None:
 
 def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:
     runs = load_runs(out / "accuracy_runs.jsonl")
-    rep = {"quick": quick, "machine": recipes.describe_machine(recipes.machine_info()), "commands": f"`{command}`", "settings": {
-        "glue_sizes": GLUE_SIZES, "glue_max_length": GLUE_MAXLEN, "lr": LR, "lm_lr": LM_LR, "l1_lambda": L1_LAMBDA},
-        "rows": aggregate(runs), "runs": runs}
+    rep = {"quick": quick, "machine": recipes.describe_machine(recipes.machine_info()), "commands": f"`{command}`",
+           "settings": {"sizes": GLUE_SIZES, "max_length": GLUE_MAXLEN, "dev_fraction": DEV_FRACTION,
+                        "lr_grid": LR_GRID, "l1_lambda": L1_LAMBDA},
+           "aggregate": aggregate(runs), "runs": runs}
     (out / "accuracy.json").write_text(json.dumps(rep, indent=2))
     (out / "accuracy.md").write_text(markdown(rep) + f"\n![accuracy vs parameters]({os.path.relpath(plot_path, out)})\n")
-    if rep["rows"]:
+    if rep["aggregate"]["rows"]:
         plot(rep, plot_path)
     return rep
 
@@ -394,16 +467,16 @@ def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random models on synthetic data, seconds")
-    p.add_argument("--parts", default="glue,lm", help="glue (MiniLM on SST-2/RTE/MRPC) and/or lm (SmolLM2 ARC-Easy)")
-    p.add_argument("--tasks", default=None, help=f"GLUE tasks (default {','.join(GLUE_TASKS)})")
-    p.add_argument("--methods", default=None, help="restrict the methods of the selected parts")
-    p.add_argument("--seeds", default=None, help="comma list (default 0,1; 0 with --quick)")
-    p.add_argument("--epochs", type=int, default=3, help="GLUE epochs (every method; LoFiT stage 1 adds 1)")
+    p.add_argument("--parts", default="glue", help="glue (MiniLM sequence classification) and/or lm (SmolLM2)")
+    p.add_argument("--tasks", default=None, help=f"MiniLM tasks, of {', '.join(GLUE_TASKS)} (default sst2)")
+    p.add_argument("--methods", default=None, help=f"default {','.join(GLUE_METHODS)}; any of gift_r<rank>, "
+                                                   f"{', '.join(sorted(LR_GRID))}, lofit_random")
+    p.add_argument("--seeds", default=None, help="comma list of test seeds (default 0,1,2,3,4; 0,1 with --quick)")
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps of every MiniLM run")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lm-train", type=int, default=96, help="ARC-Easy training questions")
     p.add_argument("--lm-test", type=int, default=100, help="ARC-Easy test questions (from the validation split)")
-    p.add_argument("--lm-epochs", type=int, default=1)
-    p.add_argument("--lm-seeds", type=int, default=1, help="how many of --seeds the LM part uses")
+    p.add_argument("--lm-steps", type=int, default=24)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 with --quick)")
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
     p.add_argument("--plot", default=None, help="PNG path (default docs/img/accuracy_vs_params.png; "
@@ -412,7 +485,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads or a.quick:
         torch.set_num_threads(a.threads or 1)
-    a.seeds = a.seeds or ("0" if a.quick else "0,1")
+    a.seeds = a.seeds or ("0,1" if a.quick else "0,1,2,3,4")
+    if a.quick:
+        a.steps, a.lm_steps = min(a.steps, 8), min(a.lm_steps, 6)
     import warnings
 
     warnings.filterwarnings("ignore")

