@@ -95,6 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--fsdp", action="store_true",
                         help="FSDP2 through TrainingArguments (for torchrun; accelerate launch sets it from its config)")
+    parser.add_argument("--deepspeed", type=int, choices=(1, 2, 3), default=None,
+                        help="DeepSpeed ZeRO stage through the Trainer (DS_ACCELERATOR=cpu on CPU; experimental)")
     parser.add_argument("--cpu-fsdp", action="store_true",
                         help="on CPU, make accelerate keep its FSDP plugin (it silently falls back to DDP otherwise)")
     args = parser.parse_args(argv)
@@ -110,14 +112,22 @@ def main(argv=None) -> int:
         fsdp_kwargs = dict(fsdp="full_shard auto_wrap", fsdp_config={
             "version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": True,
             "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": False})
+    ds_kwargs = {}
+    if args.deepspeed:
+        tag = f"zero{args.deepspeed}-{world}"
+        ds_kwargs = dict(deepspeed={
+            "zero_optimization": {"stage": args.deepspeed}, "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto", "torch_adam": True}},
+        }, use_cpu=False)
     for method in args.method.split(","):
         model = build(method)
         targs = TrainingArguments(
             output_dir=os.path.join(args.out, f"trainer-{method}-{tag}"), max_steps=3, learning_rate=1e-2,
             per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="constant", warmup_steps=0,
             weight_decay=0.0, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to="none",
-            use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
-            ddp_backend="gloo" if world > 1 else None, **fsdp_kwargs)
+            seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
+            ddp_backend="gloo" if world > 1 else None, **{"use_cpu": True, **fsdp_kwargs, **ds_kwargs})
         trainer_cls = cpu_fsdp_trainer_class() if args.cpu_fsdp else Trainer
         trainer = trainer_cls(model=model, args=targs, train_dataset=Data(), callbacks=[FsdpWrappingCheck()])
         trainer.train()

@@ -32,9 +32,9 @@ LLAMA = dict(
     num_key_value_heads=2, head_dim=32, max_position_embeddings=64, tie_word_embeddings=False,
 )
 TARGETS = ["q_proj", "v_proj", "o_proj"]
-# fp32 reference vs quantized model with identical dequantized weights: the quantized kernels compute in another
-# order/precision (bnb 8-bit casts the input to fp16 and quantizes activations; HQQ/torchao dequantize then matmul)
-REFERENCE_ATOL = {"bnb4": 1e-4, "bnb8": 5e-2, "hqq": 1e-4, "torchao": 5e-2}
+# fp32 reference vs quantized model with identical dequantized weights, max |Δ logits| measured: bnb4 0, hqq 0,
+# torchao 6e-7 (they dequantize, then matmul in fp32), bnb8 9.7e-3 (its CPU matmul casts the input to fp16)
+REFERENCE_ATOL = {"bnb4": 1e-5, "bnb8": 2e-2, "hqq": 1e-5, "torchao": 1e-5}
 BACKEND_NAME = {"bnb4": "bnb 4bit", "bnb8": "bnb 8bit", "hqq": "hqq", "torchao": "torchao"}
 
 
@@ -158,7 +158,8 @@ def test_train_step_changes_only_theta_and_matches_dequantized_reference(kind, c
     torch.testing.assert_close(got, expected, atol=REFERENCE_ATOL[kind], rtol=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# reason for slow: HQQ quantizes on load in pure torch (~10 s for this pair of loads on the shared 2-core box)
+@pytest.mark.parametrize("kind", ["bnb4", "bnb8", pytest.param("hqq", marks=pytest.mark.slow), "torchao"])
 def test_save_load_and_cluster_vectors_read_dequantized_weight(kind, checkpoint, tmp_path):
     model = gift(load_quantized(kind, checkpoint))
     out = logits(model, IDS)
@@ -184,8 +185,8 @@ def _merge_error(model: nn.Module) -> tuple[float, float, torch.Tensor]:
     return error, effect, unmerged
 
 
-# measured max|merged - unmerged| / max|adapter effect| on this tiny Llama: GIFT bnb4 ≈ 0.19 (LoRA 0.10-0.2), bnb8
-# ≈ 0.02 (LoRA ≈ 0.005), hqq ≈ 0.2: requantizing the merged weight costs about one quantization step per weight.
+# measured max|merged - unmerged| / max|adapter effect| on this tiny Llama: GIFT bnb4 0.31, bnb8 0.038, hqq 0.28 (the
+# absolute error, 0.128 / 0.017 / 0.128, is that of requantizing any changed weight: LoRA's is 0.145 / 0.018 / 0.148).
 MERGE_RATIO = {"bnb4": 0.5, "bnb8": 0.1, "hqq": 0.5}
 
 
@@ -215,15 +216,17 @@ def test_merge_requantizes_and_unmerge_restores_storage_exactly(kind, checkpoint
     assert float((logits(merged, IDS) - unmerged).abs().max()) == pytest.approx(error, abs=1e-6)
 
 
+@pytest.mark.slow  # reason: a reference measurement (4 quantized loads, ~8 s); the merge test above checks GIFT itself
 @pytest.mark.parametrize("kind", ["bnb4", "bnb8"])
 def test_gift_merge_error_is_comparable_to_lora(kind, checkpoint):
     """PEFT's LoRA merge on the same quantized model is the reference for what requantization costs."""
     gift_error, gift_effect, _ = _merge_error(gift(load_quantized(kind, checkpoint)))
     lora = get_peft_model(load_quantized(kind, checkpoint), LoraConfig(r=8, target_modules=TARGETS, init_lora_weights=False))
     lora_error, lora_effect, _ = _merge_error(lora)
-    # both are about one quantization step of the merged weight; GIFT is within a few times LoRA's relative error
-    assert gift_error / gift_effect < max(4 * lora_error / lora_effect, 0.05), (gift_error, gift_effect, lora_error,
-                                                                                lora_effect)
+    # both cost about one requantization of the merged weights (measured: bnb4 GIFT 0.128 vs LoRA 0.145, bnb8 0.017 vs
+    # 0.018 max |Δ logits|); a merge reading the packed storage as W (the old bug) was off by ~3x the adapter's effect
+    assert gift_effect > 1e-2 and lora_effect > 1e-2
+    assert gift_error < 2 * lora_error, (gift_error, gift_effect, lora_error, lora_effect)
 
 
 def test_torchao_merge_refuses_naming_backend(checkpoint):
