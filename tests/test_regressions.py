@@ -267,3 +267,14 @@ def test_lofit_adapts_an_unnumbered_projection_when_no_layer_index_is_needed():
     with pytest.raises(ValueError, match=r"LofitConfig.heads names layers by index.*'attn_out' has no layer index"):
         get_peft_model(_OneBlock(), LofitConfig(mode="bias", heads=[(0, 1)], target_modules=["attn_out"],
                                                 num_heads=4, head_dim=8))
+
+
+# ---- symmetry: both tuners filter regex targets by layers_to_transform -------------------------------------------
+@pytest.mark.parametrize("method", ["gift", "lofit"])
+def test_layers_to_transform_applies_to_regex_targets_in_both_tuners(method):
+    config = {"gift": lambda: GiftConfig(r=2, target_modules=r".*\.q_proj", layers_to_transform=[1]),
+              "lofit": lambda: LofitConfig(mode="scale", target_modules=r".*\.o_proj", layers_to_transform=[1])}[method]
+    pm = get_peft_model(tiny_llama(), config())
+    adapted = sorted(n for n, m in pm.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "base_layer"))
+    suffix = "q_proj" if method == "gift" else "o_proj"
+    assert adapted == [f"base_model.model.model.layers.1.self_attn.{suffix}"]
