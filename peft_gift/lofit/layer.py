@@ -8,7 +8,6 @@ from typing import Any, Optional
 import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
-from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -83,15 +82,6 @@ class LofitLayer(InputEditLayer):
         self._merge_records: dict[str, dict[str, Any]] = {}
 
         base = self.get_base_layer()
-        backend = resolve_quantization_backend(base, get_apply_tensor_subclass=lambda: None)
-        if backend is not None:  # bnb's Linear4bit/Linear8bitLt and torchao weights pass the nn.Linear check below
-            raise ValueError(
-                f"LoFiT cannot adapt the quantized {type(base).__name__} (backend "
-                f"{getattr(backend, 'backend_name', '') or type(backend).__name__}) of layer {layer_index}: LoFiT "
-                f"supports unquantized torch.nn.Linear and transformers Conv1D attention output projections. Keep "
-                f"the output projections unquantized (e.g. BitsAndBytesConfig(..., llm_int8_skip_modules=['o_proj', "
-                f"'lm_head'])), or use GIFT, which supports quantized bases."
-            )
         if not isinstance(base, (nn.Linear, Conv1D)):
             raise ValueError(
                 f"LoFiT supports torch.nn.Linear and transformers Conv1D projections, got {type(base).__name__}."

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, _ExcludedModule, _get_in_out_features
+from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -120,6 +121,15 @@ class LofitModel(InputEditTuner):
             result = match_target(config, key, apply_layer_filter=False)
             if result and not isinstance(result, _ExcludedModule):
                 base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+                backend = resolve_quantization_backend(base, get_apply_tensor_subclass=lambda: None)
+                if backend is not None:  # bnb's Linear4bit/Linear8bitLt and torchao weights pass the check below
+                    raise ValueError(
+                        f"LoFiT cannot adapt the quantized {type(base).__name__} {key!r} (backend "
+                        f"{getattr(backend, 'backend_name', '') or type(backend).__name__}): LoFiT supports unquantized "
+                        "torch.nn.Linear and transformers Conv1D attention output projections. Keep the output "
+                        "projections unquantized (e.g. BitsAndBytesConfig(..., llm_int8_skip_modules=['o_proj', "
+                        "'lm_head'])), or use GIFT, which supports quantized bases."
+                    )
                 if not isinstance(base, (nn.Linear, Conv1D)):
                     raise ValueError(
                         f"Target module {key!r} is a {type(base).__name__}; LoFiT supports torch.nn.Linear and "
