@@ -16,7 +16,8 @@ Protocol, per (task, method):
 1. **dev**: for every learning rate of the method's grid (``LR_GRID``, 4 log-spaced values), train with seed 0 on
    the training part minus a dev part carved from it (``DEV_FRACTION``) and evaluate on that dev part. The test part
    is never used here.
-2. the learning rate with the best dev accuracy is chosen (ties: the smaller one);
+2. the learning rate with the best dev accuracy is chosen (ties: the smaller one); when it sits at an end of the
+   grid, the grid is extended by one more step beyond that end (at most ``EDGE_EXTENSIONS`` times);
 3. **test**: train on the whole training part at that learning rate with every seed, evaluate on the test part.
 Every method gets the same budget: ``--steps`` optimizer steps at ``--batch-size`` (LoFiT: half for stage 1, half for
 stage 2), AdamW, linear warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds,
@@ -62,6 +63,7 @@ LR_GRID = {
     "lp_ft": (1e-5, 3e-5, 1e-4, 3e-4),
 }
 L1_LAMBDA = 1e-3
+EDGE_EXTENSIONS = 2  # grid steps added beyond an end of the grid when the best dev rate sits there
 
 
 def log(msg: str) -> None:
@@ -317,10 +319,22 @@ def run_part(part: str, args, runs_path: Path) -> None:
             if method == "zero_shot":
                 run(task, model, data, method, "test", None, 0)
                 continue
-            grid = LR_GRID[grid_key(method)][1:3] if args.quick else LR_GRID[grid_key(method)]
-            dev = {lr: run(task, model, dev_data(data, train_examples), method, "dev", lr, 0)["result"]["accuracy"]
-                   for lr in grid}
-            best = max(grid, key=lambda lr: (dev[lr], -lr))
+            grid = list(LR_GRID[grid_key(method)][1:3] if args.quick else LR_GRID[grid_key(method)])
+            ratio = grid[1] / grid[0]
+
+            dev_part = dev_data(data, train_examples)
+
+            def dev_accuracy(lr, task=task, model=model, dev_part=dev_part, method=method):
+                return run(task, model, dev_part, method, "dev", lr, 0)["result"]["accuracy"]
+
+            dev = {lr: dev_accuracy(lr) for lr in grid}
+            for _ in range(EDGE_EXTENSIONS):  # the best rate at an end of the grid: try one more step beyond it
+                best = max(dev, key=lambda lr: (dev[lr], -lr))
+                if best not in (min(dev), max(dev)):
+                    break
+                nxt = float(f"{(best / ratio if best == min(dev) else best * ratio):.3g}")
+                dev[nxt] = dev_accuracy(nxt)
+            best = max(dev, key=lambda lr: (dev[lr], -lr))
             for seed in seeds:
                 run(task, model, data, method, "test", best, seed)
 

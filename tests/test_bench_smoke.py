@@ -94,8 +94,8 @@ def test_accuracy_quick_follows_the_protocol(tmp_path, bench_accuracy):
             continue
         grid = bench_accuracy.LR_GRID[bench_accuracy.grid_key(r["method"])][1:3]
         dev = dict(r["dev"])
-        assert sorted(dev) == sorted(grid)  # every grid rate tried on the dev part
-        assert r["lr"] == max(grid, key=lambda lr: (dev[lr], -lr))  # the best dev rate, ties to the smaller
+        assert set(grid) <= set(dev) and len(dev) <= len(grid) + bench_accuracy.EDGE_EXTENSIONS  # grid (+ ends)
+        assert r["lr"] == max(dev, key=lambda lr: (dev[lr], -lr))  # the best dev rate, ties to the smaller
         assert r["seeds"] == [0, 1]
     for run in runs:  # dev runs never see the test part: they train and evaluate inside the training part
         data, n_train = run["config"]["data"], 64 if run["part"] == "glue" else None
