@@ -120,8 +120,8 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
     if method == "lofit":
         return {"name": "lofit", "k": k, "stage1": {"l1_lambda": L1_LAMBDA, "init_std": 1e-3},
                 "stage1_training": half, **stage2}
-    if method == "lofit_random":  # the localisation check: stage 2 on K random heads, the full budget
-        return {"name": "lofit", "heads": random_heads(layers, heads, k, seed), "stage2": {"init_std": 1e-3}}
+    if method == "lofit_random":  # the localisation check: LoFiT's stage 2 exactly, on K random heads
+        return {"name": "lofit", "heads": random_heads(layers, heads, k, seed), **stage2}
     if method == "lp_ft":  # head first (half the steps, 10x the rate), then head + model
         return {"name": "lp_ft", "stage1_training": {"max_steps": max(1, steps // 2), "learning_rate": 10 * lr},
                 "stage2_training": half}
