@@ -125,5 +125,8 @@ def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what
             f"Cannot load {what}: the adapter file does not match its adapter_config.json and this model: "
             + "; ".join(problems) + "."
         )
-    peft_model.base_model.__dict__.get("_created_by_load", {}).pop(adapter_name, None)
+    from peft import PeftModel
+
+    if isinstance(peft_model, PeftModel):  # the adapter now holds loaded weights: no later failure removes it
+        peft_model.base_model.__dict__.get("_created_by_load", {}).pop(adapter_name, None)
     return remapped

@@ -278,3 +278,16 @@ def test_layers_to_transform_applies_to_regex_targets_in_both_tuners(method):
     adapted = sorted(n for n, m in pm.named_modules() if type(m).__name__ == "Linear" and hasattr(m, "base_layer"))
     suffix = "q_proj" if method == "gift" else "o_proj"
     assert adapted == [f"base_model.model.model.layers.1.self_attn.{suffix}"]
+
+
+def test_checked_load_into_layers_injected_without_a_peft_model():
+    """`inject_adapter_in_model` + `set_peft_model_state_dict` on a plain module (what transformers' adapter API does)."""
+    from peft import inject_adapter_in_model
+
+    model = inject_adapter_in_model(
+        LofitConfig(mode="scale", target_modules=["0"], num_heads=4, head_dim=8, init_std=0.1), nn.Sequential(nn.Linear(32, 32))
+    )
+    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    set_peft_model_state_dict(model, {k: v * 2 for k, v in state.items()})
+    for key, value in get_peft_model_state_dict(model).items():
+        torch.testing.assert_close(value, state[key] * 2)
