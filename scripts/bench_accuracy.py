@@ -55,6 +55,9 @@ GLUE_SPLIT = {"sst2": "validation", "rte": "validation", "mrpc": "validation", "
 GLUE_MAXLEN = {"sst2": 64, "rte": 128, "mrpc": 128, "twitter": 48}
 DEV_FRACTION = 0.2  # of the training part, for choosing the learning rate
 GLUE_METHODS = ("gift_r32", "lora", "lofit", "linear_probe")  # the default study; any key of LR_GRID can be added
+# the GIFT paper's commonsense mix as packaged offline; CommonsenseQA stands in for WinoGrande, whose choices change
+# the context rather than the answer (the multiple-choice task scores answers after one shared prompt)
+COMMONSENSE8 = ("boolq", "piqa", "siqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa", "csqa")
 LM_METHODS = ("zero_shot", "gift_r64", "lora", "lofit", "lofit_random")
 # 4 log-spaced learning rates per method, centred on the values the papers and PEFT's examples use
 LR_GRID = {
@@ -138,6 +141,17 @@ def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: 
             "training": {"max_steps": steps, "per_device_train_batch_size": bs, "per_device_eval_batch_size": eval_bs,
                          "learning_rate": lr or 1e-3, "warmup_steps": 0.1, "lr_scheduler_type": "linear",
                          "weight_decay": 0.0, "logging_steps": 1000, "disable_tqdm": True}}
+
+
+def code_version() -> str:
+    """The git commit the runs come from (``+dirty`` when the library or this script has uncommitted changes)."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + ("+dirty" if git("status", "--porcelain", "peft_gift", "scripts/bench_accuracy.py") else "")
 
 
 def majority_rate(dataset) -> float | None:
@@ -268,9 +282,11 @@ def _part_plan(part: str, args, quick: dict | None) -> tuple[list[tuple[str, str
     if args.quick:
         plan = [("synthetic_mc", quick["llama"], {"dataset": quick["mc"], "max_length": 32})]
     else:
-        plan = [("arc_easy", "smollm2-135m", {"dataset": "arc_easy", "train_split": "train",
-                                               "eval_split": "validation", "train_size": args.lm_train,
-                                               "eval_size": args.lm_test, "seed": 0, "max_length": 128})]
+        tasks = args.lm_tasks.split(",")
+        plan = [("commonsense8" if tasks == list(COMMONSENSE8) else "+".join(tasks), "smollm2-135m",
+                 {"dataset": tasks if len(tasks) > 1 else tasks[0], "train_split": "train",
+                  "eval_split": "validation", "train_size": args.lm_train, "eval_size": args.lm_test, "seed": 0,
+                  "max_length": 128})]
     methods = args.methods.split(",") if args.methods else list(LM_METHODS)
     return plan, methods, dict(task_name="causal_lm_mc", bs=8, eval_bs=16, steps=args.lm_steps)
 
@@ -304,7 +320,7 @@ def run_part(part: str, args, runs_path: Path) -> None:
         cfg = job_config(model, st["task_name"], data, entry, lr, st["steps"], st["bs"], st["eval_bs"], seed)
         t0 = time.time()
         rec = {"part": part, "task": task, "method": method, "phase": phase, "lr": lr, "seed": seed,
-               "steps": st["steps"], "batch_size": st["bs"], "config": cfg,
+               "steps": st["steps"], "batch_size": st["bs"], "code": code_version(), "config": cfg,
                **run_job(cfg, train=entry is not None)}
         rec["wall_s"] = round(time.time() - t0, 1)
         log(f"{part} {task} {method} {phase} lr={lr} seed={seed}: {rec['result']} ({rec['trainable_params']:,} "
@@ -489,9 +505,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=None, help="comma list of test seeds (default 0,1,2,3,4; 0,1 with --quick)")
     p.add_argument("--steps", type=int, default=80, help="optimizer steps of every MiniLM run")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lm-train", type=int, default=96, help="ARC-Easy training questions")
-    p.add_argument("--lm-test", type=int, default=100, help="ARC-Easy test questions (from the validation split)")
-    p.add_argument("--lm-steps", type=int, default=24)
+    p.add_argument("--lm-tasks", default=",".join(COMMONSENSE8), help="SmolLM2 multiple-choice tasks, mixed")
+    p.add_argument("--lm-train", type=int, default=40, help="training questions per LM task (train split)")
+    p.add_argument("--lm-test", type=int, default=40, help="test questions per LM task (validation split)")
+    p.add_argument("--lm-steps", type=int, default=40, help="optimizer steps of every SmolLM2 run (batch 8)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 with --quick)")
     p.add_argument("--out", default=str(ROOT / "benchmarks"))
     p.add_argument("--plot", default=None, help="PNG path (default docs/img/accuracy_vs_params.png; "
