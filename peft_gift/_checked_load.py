@@ -4,9 +4,9 @@ PEFT itself only warns about missing adapter tensors, ignores unknown ones or co
 ``base_model.model.lm_head.weight`` overwrites the base weight) and loads NaN silently. Our tuners instead refuse a
 file that does not match the adapter: missing or unexpected tensors (another adapter's ``modules_to_save`` included),
 wrong shapes, non-float dtypes, NaN/inf. The check runs in PEFT's ``_remap_adapter_state_dict_for_load`` hook, before
-any value is copied, so a refused file changes no existing adapter. An adapter that the failing
-``PeftModel.from_pretrained`` / ``load_adapter`` call itself created is removed again (for the only adapter: the tuner
-layers are unloaded and the base model's ``requires_grad`` flags and tags restored).
+any value is copied, so a refused file changes no existing adapter. An adapter that the failing ``from_pretrained`` /
+``load_adapter`` call (of `PeftModel` or `PeftMixedModel`) itself created is removed again (for the only adapter: the
+tuner layers are unloaded and the base model's ``requires_grad`` flags and tags restored).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from peft.tuners.tuners_utils import _filter_state_dict_by_key_prefixes, _get_tu
 
 def _peft_loading_frames() -> list[int]:
     """ids of the frames of ``PeftModel.from_pretrained`` / ``PeftModel.load_adapter`` calls now on the stack."""
-    from peft import PeftModel
+    from peft import PeftMixedModel, PeftModel
 
-    codes = {PeftModel.from_pretrained.__func__.__code__, PeftModel.load_adapter.__code__}
+    codes = {PeftModel.from_pretrained.__func__.__code__, PeftModel.load_adapter.__code__,
+             PeftMixedModel.from_pretrained.__func__.__code__}
     frames, frame = [], sys._getframe(1)
     while frame is not None:
         if frame.f_code in codes:
@@ -71,9 +72,9 @@ def snapshot_base_state(tuner, model) -> None:
 
 
 def _roll_back(peft_model, adapter_name: str) -> None:
-    from peft import PeftModel
+    from peft import PeftMixedModel, PeftModel
 
-    if not isinstance(peft_model, PeftModel):  # layers injected without a PeftModel: nothing of ours to undo
+    if not isinstance(peft_model, (PeftModel, PeftMixedModel)):  # layers injected without a PeftModel: nothing to undo
         return
     tuner = peft_model.base_model
     if not _created_by_this_load(tuner, adapter_name):  # the adapter existed before this load: keep it as it is
@@ -125,8 +126,8 @@ def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what
             f"Cannot load {what}: the adapter file does not match its adapter_config.json and this model: "
             + "; ".join(problems) + "."
         )
-    from peft import PeftModel
+    from peft import PeftMixedModel, PeftModel
 
-    if isinstance(peft_model, PeftModel):  # the adapter now holds loaded weights: no later failure removes it
+    if isinstance(peft_model, (PeftModel, PeftMixedModel)):  # the adapter holds loaded weights: no later rollback
         peft_model.base_model.__dict__.get("_created_by_load", {}).pop(adapter_name, None)
     return remapped

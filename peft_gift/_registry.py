@@ -1,9 +1,11 @@
-"""The one place where peft-gift extends PEFT: new `PeftType` members and tuner registration.
+"""The one place where peft-gift extends PEFT: new `PeftType` members, tuner registration, `PeftMixedModel`.
 
 PEFT's `register_peft_method` only accepts names that are already members of the str-Enum
 `peft.utils.peft_types.PeftType`, and peft has no plugin discovery. So we add real enum members (``GIFT``,
-``LOFIT``) and then register our config/model classes. Both steps are idempotent: importing twice or
-`importlib.reload`-ing the package re-registers the current classes without duplicating anything.
+``LOFIT``) and then register our config/model classes. `PeftMixedModel` accepts a fixed tuple of types and builds
+PEFT's `MixedModel` by name, so `allow_in_peft_mixed_model` extends that tuple and points `PeftMixedModel` at
+`peft_gift.mixed.MixedModel` (PEFT's class extended to host our adapters). Every step is idempotent: importing
+twice or `importlib.reload`-ing the package re-registers the current classes without duplicating anything.
 """
 
 from __future__ import annotations
@@ -66,7 +68,28 @@ def register(name: str, config_cls: type, model_cls: type) -> None:
         PEFT_TYPE_TO_PREFIX_MAPPING,
     ):
         mapping.pop(peft_type, None)
-    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=f"{name}_")
+    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=f"{name}_",
+                         is_mixed_compatible=True)
+    allow_in_peft_mixed_model(peft_type, model_cls)
+
+
+def allow_in_peft_mixed_model(peft_type: PeftType, model_cls: type) -> None:
+    """Let ``get_peft_model(..., mixed=True)`` / `PeftMixedModel` accept adapters of ``peft_type``: add it to the
+    accepted types, its parameter prefix and layer class to those PEFT's `MixedModel` recognises (trainability,
+    unloading, deleting, `set_adapter`), and make `PeftMixedModel` build `peft_gift.mixed.MixedModel`, which hands
+    the method-specific steps to ``model_cls``."""
+    import peft.mixed_model
+    import peft.tuners.mixed
+    import peft.tuners.mixed.model as mixed_model
+
+    from .mixed import MixedModel
+
+    for module in (peft.tuners.mixed, mixed_model):  # read by `PeftMixedModel`'s type check
+        module.COMPATIBLE_TUNER_TYPES = tuple(dict.fromkeys((*module.COMPATIBLE_TUNER_TYPES, peft_type)))
+    if model_cls.prefix not in mixed_model.PREFIXES:
+        mixed_model.PREFIXES.append(model_cls.prefix)
+    mixed_model.Layers = tuple(dict.fromkeys((*mixed_model.Layers, model_cls.tuner_layer_cls)))
+    peft.mixed_model.MixedModel = MixedModel  # the tuner `PeftMixedModel.__init__` builds
 
 
 GIFT = ensure_peft_type("GIFT")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
 
 from ._checked_load import check_adapter_state_dict, note_injection, snapshot_base_state
 from .input_edit import adapter_names_hooks
@@ -12,29 +16,53 @@ from .targets import default_targets, match_target
 class InputEditTuner(BaseTuner):
     """Base of `GiftModel` and `LofitModel`. Subclasses set PEFT's class attributes (``prefix``, ``tuner_layer_cls``,
     ``target_module_mapping``), ``method_name`` (used in messages and as the model tag) and ``_describe_config``
-    (the config fields that explain a shape mismatch in a refused adapter file)."""
+    (the config fields that explain a shape mismatch in a refused adapter file).
+
+    The steps that are specific to a method are classmethods taking the hosting tuner as an argument (``_injecting``,
+    ``_cast_own_state``, ``_delete_own_state``, ``_create_and_replace`` called unbound), so that PEFT's
+    `MixedModel` can host our adapters beside LoRA with the same code (see `peft_gift.mixed`)."""
 
     method_name: str
 
-    def _prepare_adapter_config(self, peft_config, model_config: dict):
+    @classmethod
+    def _prepare_adapter_config(cls, peft_config, model_config: dict):
         if peft_config.target_modules is None:
             peft_config.target_modules = default_targets(
-                self.target_module_mapping, model_config, type(peft_config).__name__
+                cls.target_module_mapping, model_config, type(peft_config).__name__
             )
         return peft_config
 
-    def _check_target_module_exists(self, peft_config, key: str):
+    @classmethod
+    def _check_target_module_exists(cls, peft_config, key: str):
         return match_target(peft_config, key)
 
-    def _pre_injection_hook(self, model, config, adapter_name: str) -> None:
-        super()._pre_injection_hook(model, config, adapter_name)
-        snapshot_base_state(self, model)
+    @classmethod
+    @contextmanager
+    def _injecting(cls, tuner: BaseTuner, model: nn.Module, config, adapter_name: str) -> Iterator[None]:
+        """Around the injection of ``adapter_name`` into ``model`` by ``tuner``: check the config against the model
+        before any change (raise ValueError), undo partial work if the injection fails."""
+        yield
+
+    @classmethod
+    def _cast_own_state(cls, tuner: BaseTuner, adapter_name: str) -> None:
+        """Cast 16-bit state kept on ``tuner`` (not in the layers) to float32, as PEFT does for layer weights."""
+
+    @classmethod
+    def _delete_own_state(cls, tuner: BaseTuner, adapter_name: str) -> None:
+        """Remove state of ``adapter_name`` kept on ``tuner`` (not in the layers)."""
 
     def inject_adapter(self, model, adapter_name: str, *args, **kwargs) -> None:
-        note_injection(self, adapter_name)
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
-        if hasattr(model, "add_model_tags"):
-            model.add_model_tags([self.method_name.lower()])
+        with injection(type(self), self, model, adapter_name):
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if autocast_adapter_dtype:
+            self._cast_own_state(self, adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._delete_own_state(self, adapter_name)
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
         # Our layers keep the base layer and create their tensors on its device, so replacing is just that. PEFT's
@@ -55,3 +83,18 @@ class InputEditTuner(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         what = f"{cls.method_name} adapter {adapter_name!r} ({cls._describe_config(config)})"
         return check_adapter_state_dict(model, adapter_name, remapped, what)
+
+
+@contextmanager
+def injection(tuner_cls: type[InputEditTuner], tuner: BaseTuner, model: nn.Module, adapter_name: str):
+    """Wrap ``tuner``'s generic `BaseTuner.inject_adapter` of an adapter of method ``tuner_cls``: note which loading
+    call creates it (checked loading), fill in default targets, run the method's checks and clean-up
+    (`InputEditTuner._injecting`), tag the model."""
+    note_injection(tuner, adapter_name)
+    if len(tuner.peft_config) == 1:  # what a failed first load restores
+        snapshot_base_state(tuner, model)
+    config = tuner_cls._prepare_adapter_config(tuner.peft_config[adapter_name], tuner.get_model_config(model))
+    with tuner_cls._injecting(tuner, model, config, adapter_name):
+        yield
+    if hasattr(model, "add_model_tags"):
+        model.add_model_tags([tuner_cls.method_name.lower()])

@@ -77,12 +77,3 @@ def test_model_status_reports_gift_theta(tmp_path):
     assert status.devices == {"default": ["cpu"], "other": ["cpu"]}
     layers = pm.get_layer_status()
     assert layers and all(layer.requires_grad == {"default": True, "other": False} for layer in layers)
-
-
-@pytest.mark.parametrize("method", list(CONFIGS))
-def test_peft_mixed_model_refuses_our_types_before_touching_the_model(method):
-    """PEFT's `PeftMixedModel` accepts a fixed list of tuner types and has no extension point (docs: README)."""
-    model = tiny_llama()
-    with pytest.raises(ValueError, match=r"is not compatible with the `PeftMixedModel`"):
-        get_peft_model(model, CONFIGS[method](), mixed=True)
-    assert not any("peft" in type(m).__module__ for m in model.modules())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
@@ -39,6 +41,32 @@ def _is_supported(base: nn.Module) -> bool:
     return backend is not None and getattr(backend, "layer_type", None) == "linear"
 
 
+def _theta_containers(tuner, adapter_name: str, group: str, config: GiftConfig, in_features: int,
+                      weight: torch.Tensor) -> tuple[nn.ParameterDict, nn.ParameterDict]:
+    """``adapter_name``'s (φ, ψ) group containers on ``tuner``, allocating Θ of ``group`` (on the base weight's
+    device and dtype) the first time a layer of the group needs it."""
+    for container in (tuner.gift_phi, tuner.gift_psi):
+        if adapter_name not in container:
+            container[adapter_name] = nn.ParameterDict()
+    phi_dict, psi_dict = tuner.gift_phi[adapter_name], tuner.gift_psi[adapter_name]
+    if group not in phi_dict:
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        phi = torch.zeros(in_features, config.r, dtype=torch.float32, device=weight.device)
+        psi = torch.zeros(config.r, in_features, dtype=torch.float32, device=weight.device)
+        if weight.device.type != "meta":
+            # nn.Linear's default init, U(±1/sqrt(fan_in)), for the factor that is not zero
+            nn.init.kaiming_uniform_(phi if config.init == "gift" else psi, a=math.sqrt(5))
+        phi_dict[group] = nn.Parameter(phi.to(dtype))
+        psi_dict[group] = nn.Parameter(psi.to(dtype))
+    return phi_dict, psi_dict
+
+
+def _theta_parameters(tuner, adapter_name: str):
+    for container in (tuner.gift_phi, tuner.gift_psi):
+        if adapter_name in container:
+            yield from container[adapter_name].values()
+
+
 class GiftModel(InputEditTuner):
     """PEFT tuner for GIFT: each targeted linear layer computes Ŵx = W(x + Σ_a s_a φ_a(ψ_a x)), i.e.
     Ŵ = W(I + Σ_a s_a φ_a ψ_a), where Θ_a = (φ_a, ψ_a) is shared by all layers of a sharing group.
@@ -58,13 +86,14 @@ class GiftModel(InputEditTuner):
     def _describe_config(cls, config: GiftConfig) -> str:
         return f"r={config.r}, sharing={config.sharing!r}"
 
-    def _check_targets(self, model: nn.Module, config: GiftConfig) -> None:
+    @classmethod
+    def _check_targets(cls, model: nn.Module, config: GiftConfig) -> None:
         """Raise before any change if a module this config targets is unsupported or a Θ group mixes in_features."""
         groups: dict[str, list[tuple[str, int]]] = {}
         for name, module in model.named_modules():
             if not name or name.endswith(".base_layer") or ".base_layer." in name:
                 continue
-            if not self._check_target_module_exists(config, name):
+            if not cls._check_target_module_exists(config, name):
                 continue
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
             if not _is_supported(base):
@@ -82,19 +111,20 @@ class GiftModel(InputEditTuner):
                     f"{clash}. Use sharing='module' or 'layer', or target modules of equal in_features."
                 )
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+    @classmethod
+    @contextmanager
+    def _injecting(cls, tuner, model: nn.Module, config: GiftConfig, adapter_name: str) -> Iterator[None]:
         for container in ("gift_phi", "gift_psi"):
-            if container not in self._modules:
-                setattr(self, container, nn.ModuleDict())
-        config = self._prepare_adapter_config(self.peft_config[adapter_name], self.get_model_config(model))
-        self._check_targets(model, config)
+            if container not in tuner._modules:
+                setattr(tuner, container, nn.ModuleDict())
+        cls._check_targets(model, config)
         # as PEFT does for the parameters it sees: adding an adapter leaves the other adapters' trainability alone
-        others = [p for name in list(self.gift_phi) if name != adapter_name for p in self._theta_parameters(name)]
+        others = [p for name in list(tuner.gift_phi) if name != adapter_name for p in _theta_parameters(tuner, name)]
         flags = [(p, p.requires_grad) for p in others]
         try:
-            super().inject_adapter(model, adapter_name, *args, **kwargs)
+            yield
         except Exception:
-            self._remove_theta(adapter_name)
+            cls._delete_own_state(tuner, adapter_name)
             for module in model.modules():
                 if isinstance(module, GiftLayer) and adapter_name in module.gift_group:
                     module.delete_adapter(adapter_name)
@@ -103,59 +133,29 @@ class GiftModel(InputEditTuner):
             for param, requires_grad in flags:
                 param.requires_grad_(requires_grad)
 
-    # ---- Θ management -------------------------------------------------------------------------------------------
-    def _theta_containers(self, adapter_name: str, group: str, config: GiftConfig, in_features: int,
-                          weight: torch.Tensor) -> tuple[nn.ParameterDict, nn.ParameterDict]:
-        """This adapter's (φ, ψ) group containers, allocating Θ of ``group`` (on the base weight's device and dtype)
-        the first time a layer of the group needs it."""
-        for container in (self.gift_phi, self.gift_psi):
-            if adapter_name not in container:
-                container[adapter_name] = nn.ParameterDict()
-        phi_dict, psi_dict = self.gift_phi[adapter_name], self.gift_psi[adapter_name]
-        if group not in phi_dict:
-            dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
-            phi = torch.zeros(in_features, config.r, dtype=torch.float32, device=weight.device)
-            psi = torch.zeros(config.r, in_features, dtype=torch.float32, device=weight.device)
-            if weight.device.type != "meta":
-                # nn.Linear's default init, U(±1/sqrt(fan_in)), for the factor that is not zero
-                nn.init.kaiming_uniform_(phi if config.init == "gift" else psi, a=math.sqrt(5))
-            phi_dict[group] = nn.Parameter(phi.to(dtype))
-            psi_dict[group] = nn.Parameter(psi.to(dtype))
-        return phi_dict, psi_dict
-
-    def _remove_theta(self, adapter_name: str) -> None:
-        for container in (self.gift_phi, self.gift_psi):
-            if adapter_name in container:
-                del container[adapter_name]
-
-    def _theta_parameters(self, adapter_name: str):
-        for container in (self.gift_phi, self.gift_psi):
-            if adapter_name in container:
-                yield from container[adapter_name].values()
-
-    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
-        group = group_key(current_key, peft_config.sharing)
-        base = target.get_base_layer() if isinstance(target, GiftLayer) else target
-        in_features, _ = _get_in_out_features(base)
-        weight = base.weight if hasattr(base, "weight") else next(base.parameters())
-        theta = self._theta_containers(adapter_name, group, peft_config, in_features, weight)
-        if isinstance(target, GiftLayer):
-            target.update_layer(adapter_name, theta, group, peft_config)
-            return
-        new_module = Linear(target, adapter_name, theta=theta, group=group, config=peft_config)
-        self._replace_module(parent, target_name, new_module, target)
-
-    # ---- what PEFT's generic bookkeeping cannot reach: Θ's dtype and the tuner-level containers --------------
-    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
-        if not autocast_adapter_dtype:
-            return
-        for container in (self.gift_phi, self.gift_psi):
+    @classmethod
+    def _cast_own_state(cls, tuner, adapter_name: str) -> None:
+        for container in (tuner.gift_phi, tuner.gift_psi):
             params = container[adapter_name] if adapter_name in container else {}
             for group, param in list(params.items()):
                 if param.dtype in (torch.float16, torch.bfloat16):
                     params[group] = nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
 
-    def delete_adapter(self, adapter_name: str) -> None:
-        super().delete_adapter(adapter_name)
-        self._remove_theta(adapter_name)
+    @classmethod
+    def _delete_own_state(cls, tuner, adapter_name: str) -> None:
+        for container in (getattr(tuner, "gift_phi", {}), getattr(tuner, "gift_psi", {})):
+            if adapter_name in container:
+                del container[adapter_name]
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        """Also called unbound with PEFT's `MixedModel` as ``self`` (uses only `BaseTuner` methods)."""
+        group = group_key(current_key, peft_config.sharing)
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        in_features, _ = _get_in_out_features(base)
+        weight = base.weight if hasattr(base, "weight") else next(base.parameters())
+        theta = _theta_containers(self, adapter_name, group, peft_config, in_features, weight)
+        if isinstance(target, GiftLayer):
+            target.update_layer(adapter_name, theta, group, peft_config)
+            return
+        new_module = Linear(target, adapter_name, theta=theta, group=group, config=peft_config)
+        self._replace_module(parent, target_name, new_module, target)

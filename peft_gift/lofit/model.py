@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, _ExcludedModule, _get_in_out_features
@@ -78,7 +79,8 @@ class LofitModel(InputEditTuner):
         state_dict = {key + ".weight" if key.endswith(legacy) else key: value for key, value in state_dict.items()}
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
-    def _check_target_module_exists(self, peft_config: LofitConfig, key: str):
+    @classmethod
+    def _check_target_module_exists(cls, peft_config: LofitConfig, key: str):
         """Name matching and ``layers_to_transform``, then only the layers that hold a selected head."""
         result = match_target(peft_config, key)
         if result and not isinstance(result, _ExcludedModule) and peft_config.heads is not None:
@@ -87,7 +89,8 @@ class LofitModel(InputEditTuner):
         return result
 
     # ------------------------------------------------------------------ validation (before touching the model)
-    def _resolve_geometry(self, model: nn.Module, config: LofitConfig, in_features: int) -> tuple[int, int]:
+    @staticmethod
+    def _resolve_geometry(model: nn.Module, config: LofitConfig, in_features: int) -> tuple[int, int]:
         """(num_heads, head_dim): the config's values, checked against the model config where it has them."""
         model_heads = _model_config_value(model, "num_attention_heads", "n_head", "num_heads")
         model_head_dim = _model_config_value(model, "head_dim")
@@ -109,7 +112,8 @@ class LofitModel(InputEditTuner):
             head_dim = int(hidden if hidden is not None else in_features) // num_heads
         return num_heads, int(head_dim)
 
-    def _validate(self, model: nn.Module, config: LofitConfig) -> Optional[tuple[int, int]]:
+    @classmethod
+    def _validate(cls, model: nn.Module, config: LofitConfig) -> Optional[tuple[int, int]]:
         """Check the config against the model; raise ValueError before any module is replaced.
 
         Returns the resolved (num_heads, head_dim), or None when nothing matches (peft then raises its own error)."""
@@ -151,7 +155,7 @@ class LofitModel(InputEditTuner):
                 f"`layers_pattern` to the name of the layer container, or adapt every head (heads=None)."
             )
         in_features = {key: _get_in_out_features(base)[0] for key, base in candidates.items()}
-        num_heads, head_dim = self._resolve_geometry(model, config, next(iter(in_features.values())))
+        num_heads, head_dim = cls._resolve_geometry(model, config, next(iter(in_features.values())))
         for key, width in in_features.items():
             if width != num_heads * head_dim:
                 raise ValueError(
@@ -187,15 +191,17 @@ class LofitModel(InputEditTuner):
                 )
         return num_heads, head_dim
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
-        config = self._prepare_adapter_config(self.peft_config[adapter_name], self.get_model_config(model))
-        geometry = self._validate(model, config)
+    @classmethod
+    @contextmanager
+    def _injecting(cls, tuner, model: nn.Module, config: LofitConfig, adapter_name: str) -> Iterator[None]:
+        geometry = cls._validate(model, config)
         if geometry is not None:
             config.num_heads, config.head_dim = geometry
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        yield
 
     # ------------------------------------------------------------------ module creation
     def _create_and_replace(self, lofit_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        """Also called unbound with PEFT's `MixedModel` as ``self`` (uses only `BaseTuner` methods)."""
         layer = layer_index_of(current_key, lofit_config.layers_pattern)
         heads = None
         if lofit_config.heads is not None:
@@ -244,18 +250,10 @@ class LofitModel(InputEditTuner):
 
     # ------------------------------------------------------------------ unload / merge
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
-        had_bias = {
-            id(m.get_base_layer()): m.get_base_layer().bias is not None for m in self._lofit_layers()
-        }
-        model = super()._unload_and_optionally_merge(
-            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
-        )
-        gained_bias = [
-            m for m in model.modules() if id(m) in had_bias and not had_bias[id(m)] and m.bias is not None
-        ]
-        if gained_bias:
-            self._make_biases_loadable(model)
-        return model
+        with loadable_biases(self.model):
+            return super()._unload_and_optionally_merge(
+                merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+            )
 
     @staticmethod
     def _make_biases_loadable(model: nn.Module) -> None:
@@ -286,3 +284,15 @@ class LofitModel(InputEditTuner):
                         torch.zeros(proj.out_features, dtype=proj.weight.dtype, device=proj.weight.device),
                         requires_grad=False,
                     )
+
+
+@contextmanager
+def loadable_biases(model: nn.Module) -> Iterator[None]:
+    """Around unloading (merging) LoFiT layers of ``model``: when merged offsets created a bias on projections that
+    had none, make the saved model reload with those biases (`LofitModel._make_biases_loadable`)."""
+    layers = [m for m in model.modules() if isinstance(m, LofitLayer)]
+    had_bias = {id(m.get_base_layer()): m.get_base_layer().bias is not None for m in layers}
+    yield
+    if any(id(m) in had_bias and not had_bias[id(m)] and getattr(m, "bias", None) is not None
+           for m in model.modules()):
+        LofitModel._make_biases_loadable(model)

@@ -1,0 +1,95 @@
+"""GIFT and LoFiT adapters in PEFT's `PeftMixedModel` (``get_peft_model(model, config, mixed=True)``), beside LoRA,
+LoHa, LoKr, AdaLoRA, OFT and SHiRA.
+
+PEFT 0.21's `MixedModel` (the tuner behind `PeftMixedModel`) accepts a fixed tuple of types and dispatches on a
+fixed chain of config classes; ``register_peft_method(..., is_mixed_compatible=True)`` only lets
+`PeftMixedModel.from_pretrained` read the config. `MixedModel` here is PEFT's class with each step that depends on the
+adapter's method handing GIFT/LoFiT adapters to their own tuner's code (the same code `GiftModel` / `LofitModel` run);
+`_registry.allow_in_peft_mixed_model` adds our types, prefixes and layer classes to PEFT's lists and makes
+`PeftMixedModel` build this class.
+
+Where two adapters of different types target the same module, the one added later wraps the earlier one (as in
+PEFT for every type):
+
+    LoRA added after GIFT:   y = W(I + sφψ)x + (α/r)BAx
+    GIFT added after LoRA:   y = (W + (α/r)BA)(I + sφψ)x
+
+`merge_and_unload()` merges nested layers inside out, so the merged weight is the same composition. Mixed-adapter
+batches (``adapter_names=``), saving and model cards are not supported by `PeftMixedModel` for any type.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from peft.tuners.mixed import MixedModel as PeftMixedTuner
+from peft.tuners.tuners_utils import BaseTuner
+
+from .lofit.model import loadable_biases
+from .tuner import InputEditTuner, injection
+
+
+def _input_edit_tuner(config) -> Optional[type[InputEditTuner]]:
+    """`GiftModel` / `LofitModel` for a config of ours; None for PEFT's own types."""
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(getattr(config, "peft_type", None))
+    return tuner if isinstance(tuner, type) and issubclass(tuner, InputEditTuner) else None
+
+
+class MixedModel(PeftMixedTuner):
+    """PEFT's `MixedModel`, also hosting GIFT (Ŵ = W(I + sφψ), Θ shared per group and kept here as ``gift_phi`` /
+    ``gift_psi``) and LoFiT (z_h ← z_h ⊙ (1 + A_h) + v_h before the attention output projection) adapters."""
+
+    def _check_new_adapter_config(self, config) -> None:
+        if _input_edit_tuner(config) is None:
+            return super()._check_new_adapter_config(config)
+        return BaseTuner._check_new_adapter_config(self, config)
+
+    @staticmethod
+    def _prepare_adapter_config(peft_config, model_config):
+        tuner = _input_edit_tuner(peft_config)
+        if tuner is None:
+            return PeftMixedTuner._prepare_adapter_config(peft_config, model_config)
+        return tuner._prepare_adapter_config(peft_config, model_config)
+
+    def _check_target_module_exists(self, peft_config, key: str):
+        tuner = _input_edit_tuner(peft_config)
+        if tuner is None:
+            return super()._check_target_module_exists(peft_config, key)
+        return tuner._check_target_module_exists(peft_config, key)
+
+    def inject_adapter(self, model, adapter_name: str, *args, **kwargs) -> None:
+        tuner = _input_edit_tuner(self.peft_config[adapter_name])
+        if tuner is None:
+            return super().inject_adapter(model, adapter_name, *args, **kwargs)
+        if getattr(model, "base_model", None) is self:
+            # `PeftMixedModel.add_adapter` passes itself, so module names would start with "base_model.model.":
+            # inject into the wrapped model as the first adapter was, so GIFT's group names (and the adapter file's
+            # tensor names) are the same as in a `PeftModel`
+            model = self.model
+        with injection(tuner, self, model, adapter_name):
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _create_and_replace(self, config, *args, **kwargs) -> None:
+        tuner = _input_edit_tuner(config)
+        if tuner is None:
+            return super()._create_and_replace(config, *args, **kwargs)
+        return tuner._create_and_replace(self, config, *args, **kwargs)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        tuner = _input_edit_tuner(self.peft_config.get(adapter_name))
+        if tuner is not None and autocast_adapter_dtype:
+            tuner._cast_own_state(self, adapter_name)
+
+    def delete_adapter(self, adapter_name: Union[str, list[str]]) -> None:
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        tuners = {name: _input_edit_tuner(self.peft_config.get(name)) for name in names}
+        super().delete_adapter(adapter_name)
+        for name, tuner in tuners.items():
+            if tuner is not None:
+                tuner._delete_own_state(self, name)
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        with loadable_biases(self.model):
+            return super()._unload_and_optionally_merge(*args, **kwargs)

@@ -1,0 +1,242 @@
+"""GIFT and LoFiT in PEFT's `PeftMixedModel` beside LoRA: outputs equal the formulas composed by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, PeftMixedModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from tiny_models import model_output, text_inputs, tiny_llama
+
+import peft_gift  # noqa: F401
+from peft_gift import GiftConfig, LofitConfig
+
+ATOL = 1e-5
+GIFT = dict(r=4, target_modules=["q_proj", "v_proj"])
+LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], init_lora_weights=False)
+
+
+def _randomise_theta(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".gift_phi." in name or ".gift_psi." in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+
+
+def _theta(model, adapter, group):
+    params = dict(model.named_parameters())
+    return (params[f"base_model.gift_phi.{adapter}.{group}"].detach(),
+            params[f"base_model.gift_psi.{adapter}.{group}"].detach())
+
+
+def _lora_delta(module, adapter, config):
+    return (config.lora_alpha / config.r) * module.lora_B[adapter].weight.detach() @ module.lora_A[adapter].weight.detach()
+
+
+def _find(model, path):
+    """The module at ``path`` (``model.layers.0.self_attn.q_proj``) of a PEFT-wrapped model, outermost wrapper."""
+    return model.base_model.model.get_submodule(path)
+
+
+def _gift_lora_model(order):
+    base = tiny_llama()
+    reference = copy.deepcopy(base)
+    configs = {"gift": GiftConfig(**GIFT), "lora": LoraConfig(**LORA)}
+    first, second = order
+    model = get_peft_model(base, configs[first], adapter_name=first, mixed=True)
+    model.add_adapter(second, configs[second])
+    model.set_adapter(["gift", "lora"])
+    _randomise_theta(model)
+    return model, reference, configs
+
+
+def _expected_gift_lora(model, reference, configs, order):
+    """Copy of the base with W ← W(I + sφψ) for GIFT's targets and W ← W + (α/r)BA for LoRA's, composed in the order
+    the adapters were added (the later one wraps the earlier one)."""
+    expected = copy.deepcopy(reference)
+    s = configs["gift"].scaling
+    for layer in range(2):
+        for proj in ("q_proj", "v_proj", "o_proj"):
+            path = f"model.layers.{layer}.self_attn.{proj}"
+            weight = expected.get_submodule(path).weight.detach().clone()
+            steps = []
+            if proj in GIFT["target_modules"]:
+                phi, psi = _theta(model, "gift", f"model-layers-self_attn-{proj}")
+                steps.append(("gift", lambda w, phi=phi, psi=psi: w @ (torch.eye(w.shape[1]) + s * phi @ psi)))
+            if proj in LORA["target_modules"]:
+                lora_layer = next(m for m in _find(model, path).modules() if hasattr(m, "lora_A"))
+                delta = _lora_delta(lora_layer, "lora", configs["lora"])
+                steps.append(("lora", lambda w, delta=delta: w + delta))
+            # the adapter added first acts on W first; the later one composes on top of it
+            for _, step in sorted(steps, key=lambda kv: order.index(kv[0])):
+                weight = step(weight)
+            with torch.no_grad():
+                expected.get_submodule(path).weight.copy_(weight)
+    return expected
+
+
+@pytest.mark.parametrize("order", [("gift", "lora"), ("lora", "gift")])
+def test_gift_with_lora_equals_both_formulas_and_merges(order):
+    model, reference, configs = _gift_lora_model(order)
+    assert isinstance(model, PeftMixedModel)
+    inputs = text_inputs()
+    expected = _expected_gift_lora(model, reference, configs, order)
+    out = model_output(model, inputs)
+    torch.testing.assert_close(out, model_output(expected, inputs), atol=ATOL, rtol=0)
+    assert (out - model_output(reference, inputs)).abs().max() > 1e-2  # both adapters do something
+    merged = model.merge_and_unload()
+    assert not any("peft" in type(m).__module__ or "peft_gift" in type(m).__module__ for m in merged.modules())
+    torch.testing.assert_close(model_output(merged, inputs), model_output(expected, inputs), atol=ATOL, rtol=0)
+
+
+def test_active_set_disable_and_delete_in_a_mixed_model():
+    order = ("gift", "lora")
+    model, reference, configs = _gift_lora_model(order)
+    inputs = text_inputs()
+    lora_only = _expected_gift_lora(model, reference, configs, order)
+    with torch.no_grad():  # the same composition without GIFT: undo by recomputing from the reference
+        for layer in range(2):
+            for proj in ("q_proj", "v_proj"):
+                path = f"model.layers.{layer}.self_attn.{proj}"
+                lora_layer = next((m for m in _find(model, path).modules() if hasattr(m, "lora_A")), None)
+                weight = reference.get_submodule(path).weight.detach().clone()
+                if lora_layer is not None:
+                    weight = weight + _lora_delta(lora_layer, "lora", configs["lora"])
+                lora_only.get_submodule(path).weight.copy_(weight)
+    model.set_adapter("lora")
+    torch.testing.assert_close(model_output(model, inputs), model_output(lora_only, inputs), atol=ATOL, rtol=0)
+    model.set_adapter(["gift", "lora"])
+    with model.disable_adapter():
+        torch.testing.assert_close(model_output(model, inputs), model_output(reference, inputs), atol=ATOL, rtol=0)
+    model.delete_adapter("gift")
+    assert not any("gift" in name for name in model.state_dict())
+    torch.testing.assert_close(model_output(model, inputs), model_output(lora_only, inputs), atol=ATOL, rtol=0)
+
+
+def test_training_a_mixed_model_updates_theta_and_lora_only():
+    model, reference, _ = _gift_lora_model(("gift", "lora"))
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    n_theta = 2 * 2 * 64 * GIFT["r"]  # (φ, ψ) for the q_proj group and the v_proj group, d_in = 64
+    n_lora = 2 * 2 * (64 + 64) * LORA["r"]  # A, B for q_proj and o_proj in both layers
+    assert sum(p.numel() for p in trainable.values()) == n_theta + n_lora
+    assert {n.split(".")[1] for n in trainable if "gift" in n} == {"gift_phi", "gift_psi"}
+    inputs = text_inputs()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    optimizer.step()
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(after[n], before) for n, before in trainable.items())
+    frozen = {n: p for n, p in model.base_model.model.named_parameters() if not p.requires_grad}
+    ref = dict(reference.named_parameters())
+    for name, param in frozen.items():
+        key = name.replace(".base_layer", "")
+        assert torch.equal(param, ref[key]), name
+
+
+@pytest.mark.parametrize("mode", ["scale", "bias"])
+def test_lofit_with_lora_equals_both_formulas(mode):
+    """LoRA on o_proj first, then LoFiT on two heads (LoFiT wraps LoRA): stage 1 (scales) y = (W + ΔW)(z ⊙ (1 + A)),
+    stage 2 (offsets) y = (W + ΔW)(z + v)."""
+    base = tiny_llama()
+    reference = copy.deepcopy(base)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["v_proj", "o_proj"], init_lora_weights=False)
+    heads = [[0, 1], [1, 3]]
+    model = get_peft_model(base, lora, adapter_name="lora", mixed=True)
+    model.add_adapter("lofit", LofitConfig(mode=mode, heads=heads, init_std=0.5))
+    model.set_adapter(["lora", "lofit"])
+    expected = copy.deepcopy(reference)
+    with torch.no_grad():
+        for layer in range(2):
+            for proj in ("v_proj", "o_proj"):
+                path = f"model.layers.{layer}.self_attn.{proj}"
+                lora_layer = next(m for m in _find(model, path).modules() if hasattr(m, "lora_A"))
+                weight = reference.get_submodule(path).weight + _lora_delta(lora_layer, "lora", lora)
+                expected.get_submodule(path).weight.copy_(weight)
+            lofit_layer = _find(model, f"model.layers.{layer}.self_attn.o_proj")
+            (head,) = [h for layer_, h in heads if layer_ == layer]
+            cols = slice(16 * head, 16 * (head + 1))
+            o_proj = expected.get_submodule(f"model.layers.{layer}.self_attn.o_proj")
+            if mode == "scale":
+                o_proj.weight[:, cols] *= 1 + lofit_layer.lofit_head_scale["lofit"].weight[0]
+            else:
+                offset = torch.zeros(64)
+                offset[cols] = lofit_layer.lofit_head_offset["lofit"].weight[0]
+                o_proj.bias = torch.nn.Parameter(o_proj.weight @ offset)
+    inputs = text_inputs()
+    out = model_output(model, inputs)
+    torch.testing.assert_close(out, model_output(expected, inputs), atol=ATOL, rtol=0)
+    assert (out - model_output(reference, inputs)).abs().max() > 1e-2
+    merged = model.merge_and_unload()
+    torch.testing.assert_close(model_output(merged, inputs), model_output(expected, inputs), atol=ATOL, rtol=0)
+    # merged offsets live in o_proj's bias: the config says so, so that the saved model reloads them
+    assert merged.config.attention_bias == (mode == "bias")
+
+
+def test_peft_mixed_model_from_pretrained_loads_saved_gift_and_lora(tmp_path):
+    """Adapters trained separately and saved with `PeftModel.save_pretrained` combine in `PeftMixedModel`."""
+    gift = get_peft_model(tiny_llama(), GiftConfig(**GIFT))
+    _randomise_theta(gift)
+    gift.save_pretrained(tmp_path / "gift")
+    lora = get_peft_model(tiny_llama(), LoraConfig(**LORA))
+    lora.save_pretrained(tmp_path / "lora")
+
+    mixed = PeftMixedModel.from_pretrained(tiny_llama(), tmp_path / "gift", adapter_name="gift")
+    mixed.load_adapter(tmp_path / "lora", adapter_name="lora")
+    mixed.set_adapter(["gift", "lora"])
+    built, reference, configs = _gift_lora_model(("gift", "lora"))
+    with torch.no_grad():  # the same adapter values in the model built in memory
+        own = dict(mixed.named_parameters())
+        for name, param in built.named_parameters():
+            if param.requires_grad:
+                param.copy_(own[name])
+    inputs = text_inputs()
+    torch.testing.assert_close(model_output(mixed, inputs), model_output(built, inputs), atol=ATOL, rtol=0)
+    expected = _expected_gift_lora(built, reference, configs, ("gift", "lora"))
+    torch.testing.assert_close(model_output(mixed, inputs), model_output(expected, inputs), atol=ATOL, rtol=0)
+
+
+def test_a_refused_file_leaves_no_adapter_in_the_mixed_model(tmp_path):
+    gift = get_peft_model(tiny_llama(), GiftConfig(**GIFT))
+    gift.save_pretrained(tmp_path / "gift")
+    weights = tmp_path / "gift" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, weights)
+    lora = get_peft_model(tiny_llama(), LoraConfig(**LORA))
+    lora.save_pretrained(tmp_path / "lora")
+
+    mixed = PeftMixedModel.from_pretrained(tiny_llama(), tmp_path / "lora", adapter_name="lora")
+    before = model_output(mixed, text_inputs())
+    with pytest.raises(ValueError, match="NaN"):
+        mixed.load_adapter(tmp_path / "gift", adapter_name="gift")
+    assert set(mixed.peft_config) == {"lora"}
+    assert not any("gift" in name for name in mixed.state_dict())
+    torch.testing.assert_close(model_output(mixed, text_inputs()), before, atol=0, rtol=0)
+
+    base = tiny_llama()
+    with pytest.raises(ValueError, match="NaN"):
+        PeftMixedModel.from_pretrained(base, tmp_path / "gift", adapter_name="gift")
+    assert not any("peft" in type(m).__module__ for m in base.modules())
+
+
+def test_peft_own_types_mix_as_before():
+    """`import peft_gift` swaps in our `MixedModel`; PEFT's own types still go through PEFT's code: LoRA alone in a
+    mixed model equals `PeftModel` LoRA, and LoRA + LoHa merge to what they compute unmerged."""
+    from peft import LoHaConfig
+
+    inputs = text_inputs()
+    plain = get_peft_model(tiny_llama(), LoraConfig(**LORA))
+    mixed = get_peft_model(tiny_llama(), LoraConfig(**LORA), mixed=True)
+    with torch.no_grad():
+        own = dict(plain.named_parameters())
+        for name, param in mixed.named_parameters():
+            if param.requires_grad:
+                param.copy_(own[name])
+    torch.testing.assert_close(model_output(mixed, inputs), model_output(plain, inputs), atol=0, rtol=0)
+    mixed.add_adapter("loha", LoHaConfig(r=4, target_modules=["q_proj", "v_proj"], init_weights=False))
+    mixed.set_adapter(["default", "loha"])
+    out = model_output(mixed, inputs)
+    torch.testing.assert_close(model_output(mixed.merge_and_unload(), inputs), out, atol=ATOL, rtol=0)
