@@ -30,6 +30,7 @@ A classification head (new, random) is trained with the method, at the method's 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -143,8 +144,10 @@ def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: 
                          "weight_decay": 0.0, "logging_steps": 1000, "disable_tqdm": True}}
 
 
+@functools.cache
 def code_version() -> str:
-    """The git commit the runs come from (``+dirty`` when the library or this script has uncommitted changes)."""
+    """The git commit this process runs (read once, at its first run: ``+dirty`` when the library or this script had
+    uncommitted changes then)."""
     import subprocess
 
     def git(*a):
