@@ -146,7 +146,7 @@ def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: 
 
 @functools.cache
 def code_version() -> str:
-    """The git commit this process runs (read once, at its first run: ``+dirty`` when the library or this script had
+    """The git commit this process runs (read once, at start: ``+dirty`` when the library or this script had
     uncommitted changes then)."""
     import subprocess
 
@@ -518,6 +518,7 @@ def main(argv=None) -> int:
                                                   "<out>/accuracy_vs_params.png with --quick)")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
+    code_version()  # the code this process imported
     if a.threads or a.quick:
         torch.set_num_threads(a.threads or 1)
     a.seeds = a.seeds or ("0,1" if a.quick else "0,1,2,3,4")
