@@ -68,6 +68,7 @@ LR_GRID = {
     "lp_ft": (1e-5, 3e-5, 1e-4, 3e-4),
 }
 L1_LAMBDA = 1e-3
+LPFT = "_lpft"  # suffix of a PEFT method name: the same method trained as LP-FT (``gift_r32_lpft``)
 EDGE_EXTENSIONS = 2  # grid steps added beyond an end of the grid when the best dev rate sits there
 
 
@@ -99,7 +100,9 @@ def random_heads(layers: int, heads: int, k: int, seed: int) -> list[list[int]]:
 
 
 def grid_key(method: str) -> str:
-    """The LR_GRID entry of a method name of the study (``gift_r32`` → ``gift``, ``lofit_random`` → ``lofit``)."""
+    """The LR_GRID entry of a method name of the study (``gift_r32`` → ``gift``, ``lofit_random`` → ``lofit``,
+    ``lora_lpft`` → ``lora``)."""
+    method = method.removesuffix(LPFT)
     return "gift" if method.startswith("gift_r") else ("lofit" if method.startswith("lofit") else method)
 
 
@@ -109,6 +112,10 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
     layers, heads, qv = geometry(model_path)
     if method == "zero_shot":
         return None
+    if method.endswith(LPFT):  # LP-FT of a PEFT method: head alone (half the steps, 10x the rate), then head + adapter
+        half = max(1, steps // 2)
+        return {**method_entry(method.removesuffix(LPFT), model_path, lr, seed, steps), "linear_probe_first": True,
+                "stage1_training": {"max_steps": half, "learning_rate": 10 * lr}, "stage2_training": {"max_steps": half}}
     if method.startswith("gift_r"):
         return {"name": "gift", "r": int(method[6:]), "sharing": "module", "target_modules": qv}
     if method == "lora":
@@ -132,7 +139,8 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
                 "stage2_training": half}
     if method in ("bitfit", "linear_probe", "full"):
         return {"name": method}
-    raise ValueError(f"unknown method {method!r}; known: gift_r<rank>, {', '.join(sorted(LR_GRID))}, lofit_random")
+    raise ValueError(f"unknown method {method!r}; known: gift_r<rank>, {', '.join(sorted(LR_GRID))}, lofit_random, "
+                     f"<PEFT method>{LPFT}")
 
 
 def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: float | None, steps: int, bs: int,
@@ -402,10 +410,16 @@ def aggregate(runs: list[dict]) -> dict:
     for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
         lora = by.get((part, task, "lora"))
         for r in [r for r in rows if (r["part"], r["task"]) == (part, task)]:
+            pairs = []
             if lora is not None and r["method"] != "lora" and r["method"].startswith(("gift", "lofit")):
-                d = paired(r["accuracies"], lora["accuracies"])
+                pairs.append(lora)
+            plain = by.get((part, task, r["method"].removesuffix(LPFT)))
+            if r["method"].endswith(LPFT) and plain is not None:  # LP-FT against the plain recipe
+                pairs.append(plain)
+            for other in pairs:
+                d = paired(r["accuracies"], other["accuracies"])
                 if d is not None:
-                    diffs.append({"part": part, "task": task, "a": r["method"], "b": "lora", **d})
+                    diffs.append({"part": part, "task": task, "a": r["method"], "b": other["method"], **d})
     informative = {}
     for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
         trained = [r for r in rows if (r["part"], r["task"]) == (part, task) and r["method"] != "zero_shot"]
@@ -504,7 +518,7 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="glue", help="glue (MiniLM sequence classification) and/or lm (SmolLM2)")
     p.add_argument("--tasks", default=None, help=f"MiniLM tasks, of {', '.join(GLUE_TASKS)} (default sst2)")
     p.add_argument("--methods", default=None, help=f"default {','.join(GLUE_METHODS)}; any of gift_r<rank>, "
-                                                   f"{', '.join(sorted(LR_GRID))}, lofit_random")
+                                                   f"{', '.join(sorted(LR_GRID))}, lofit_random, <PEFT method>{LPFT}")
     p.add_argument("--seeds", default=None, help="comma list of test seeds (default 0,1,2,3,4; 0,1 with --quick)")
     p.add_argument("--steps", type=int, default=80, help="optimizer steps of every MiniLM run")
     p.add_argument("--batch-size", type=int, default=16)

@@ -173,6 +173,38 @@ def test_seq_cls_other_methods(assets, tmp_path, method):
         assert (out / "adapter" / "adapter_config.json").is_file()
 
 
+def test_linear_probe_first_trains_the_head_then_head_and_adapter(assets, tmp_path):
+    """LP-FT for a PEFT method: stage 1 changes only the head, stage 2 the head and Θ; both stages' budgets apply."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    method = {"name": "gift", "r": 4, "target_modules": ["query", "value"], "linear_probe_first": True,
+              "stage1_training": {"max_steps": 3, "learning_rate": 1e-2}, "stage2_training": {"max_steps": 5}}
+    out, res = _run_cli(tmp_path, _cls_cfg(assets, method))
+    s1, s2 = res["stages"]["stage1"], res["stages"]["stage2"]
+    assert s1["trainable_params"] == s1["head_params"] == 130
+    assert s2["trainable_params"] == res["trainable_params"] == 2 * (2 * 4 * 64) + 130
+    assert s1["train_time_s"] > 0 and s2["train_time_s"] > 0
+    theta = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert max(float(t.abs().max()) for k, t in theta.items() if "gift_" in k) > 0  # Θ trained in stage 2
+    base = AutoModelForSequenceClassification.from_pretrained(str(assets / "bert"), num_labels=2)
+    again = _reevaluate(res, PeftModel.from_pretrained(base, str(out / "adapter")))
+    assert again["accuracy"] == pytest.approx(res["after"]["accuracy"])
+    assert torch.isfinite(torch.tensor(again["loss"]))
+
+
+@pytest.mark.parametrize("method, message", [
+    ({"name": "gift", "linear_probe_first": "yes"}, "linear_probe_first must be true or false"),
+    ({"name": "lora", "stage1_training": {"max_steps": 2}}, "only used with method.linear_probe_first"),
+    ({"name": "gift", "linear_probe_first": True, "stage2_training": {"max_stepz": 2}}, "max_stepz"),
+])
+def test_linear_probe_first_bad_values(assets, tmp_path, method, message):
+    with pytest.raises(recipes.ConfigError, match=message):
+        recipes.prepare(_cls_cfg(assets, method))
+
+
 def test_causal_lm_mc_lofit_two_stage(assets, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -62,12 +62,53 @@ class Method:
 
 
 class PeftMethod(Method):
-    """``get_peft_model`` with the config class's own fields; the task's new head goes to ``modules_to_save``."""
+    """``get_peft_model`` with the config class's own fields; the task's new head goes to ``modules_to_save``.
+
+    With ``linear_probe_first: true`` (LP-FT for any PEFT method, tasks with a classification head): stage 1 trains
+    the head alone, stage 2 the head and the adapter; ``stage1_training`` / ``stage2_training`` override the job's
+    TrainingArguments per stage."""
 
     saves_adapter = True
+    LP_FT_KEYS = ("linear_probe_first", "stage1_training", "stage2_training")
 
     def __init__(self, name: str, config_cls_path: str) -> None:
         self.name, self._path = name, config_cls_path
+
+    def validate(self, params, task):
+        super().validate(params, task)
+        lp = params.get("linear_probe_first", False)
+        if not isinstance(lp, bool):
+            raise ConfigError(f"method.linear_probe_first must be true or false, got {lp!r}")
+        staged = [key for key in ("stage1_training", "stage2_training") if params.get(key) is not None]
+        if staged and not lp:
+            raise ConfigError(f"method.{staged[0]} is only used with method.linear_probe_first: true")
+        if lp:
+            from .tasks import TASKS
+
+            if not TASKS[task].has_head:
+                raise ConfigError(f"method.linear_probe_first needs a classification head (seq_cls or image_cls), "
+                                  f"not task {task}")
+            for stage in ("stage1_training", "stage2_training"):
+                check_training(params.get(stage), f"method.{stage}")
+
+    def fit(self, model, params, ctx):
+        if not params.get("linear_probe_first"):
+            return super().fit(model, params, ctx)
+        model = self.apply(model, params, ctx.task)
+        adapter = [p for n, p in model.named_parameters()
+                   if p.requires_grad and not any(f".{h}." in f".{n}." for h in HEAD_NAMES)]
+        for p in adapter:
+            p.requires_grad_(False)
+        c1 = param_counts(model)
+        ctx.log(f"LP-FT stage 1 (head only): {c1['trainable_params']:,} trainable parameters")
+        t1 = ctx.train(model, "stage1", params.get("stage1_training"))
+        for p in adapter:
+            p.requires_grad_(True)
+        c2 = param_counts(model)
+        ctx.log(f"LP-FT stage 2 (head + {self.name}): {c2['trainable_params']:,} trainable parameters")
+        t2 = ctx.train(model, "stage2", params.get("stage2_training"))
+        return model, {"train_time_s": t1 + t2, "stages": {"stage1": {**c1, "train_time_s": round(t1, 1)},
+                                                           "stage2": {**c2, "train_time_s": round(t2, 1)}}}
 
     def config_cls(self):
         import importlib
@@ -78,11 +119,11 @@ class PeftMethod(Method):
         return getattr(importlib.import_module(module), attr)
 
     def keys(self) -> list[str]:
-        return config_fields(self.config_cls())
+        return [*config_fields(self.config_cls()), *self.LP_FT_KEYS]
 
     def build_config(self, params: dict, task, model):
         cls = self.config_cls()
-        kwargs = {k: v for k, v in params.items() if k != "name"}
+        kwargs = {k: v for k, v in params.items() if k != "name" and k not in self.LP_FT_KEYS}
         heads = task.head_modules(model) if model is not None else []
         if heads:
             kwargs["modules_to_save"] = list(dict.fromkeys([*(kwargs.get("modules_to_save") or []), *heads]))
@@ -115,7 +156,7 @@ class Lofit(PeftMethod):
         return list(self.STAGE_KEYS)
 
     def validate(self, params, task):
-        super().validate(params, task)
+        Method.validate(self, params, task)  # its own stage keys, not the LP-FT option
         fields = [f for f in config_fields(self.config_cls()) if f not in ("mode", "heads")]
         for stage in ("stage1", "stage2"):
             sub = params.get(stage) or {}
