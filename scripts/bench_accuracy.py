@@ -65,7 +65,7 @@ LR_GRID = {
     "gift": (1e-3, 3e-3, 1e-2, 3e-2), "lora": (1e-3, 3e-3, 1e-2, 3e-2), "vera": (3e-3, 1e-2, 3e-2, 1e-1),
     "ia3": (3e-3, 1e-2, 3e-2, 1e-1), "miss": (1e-3, 3e-3, 1e-2, 3e-2), "lofit": (3e-3, 1e-2, 3e-2, 1e-1),
     "bitfit": (1e-3, 3e-3, 1e-2, 3e-2), "linear_probe": (1e-3, 3e-3, 1e-2, 3e-2), "full": (1e-5, 3e-5, 1e-4, 3e-4),
-    "lp_ft": (1e-5, 3e-5, 1e-4, 3e-4),
+    "lp_ft": (1e-5, 3e-5, 1e-4, 3e-4), "loreft": (1e-3, 3e-3, 1e-2, 3e-2),
 }
 L1_LAMBDA = 1e-3
 LPFT = "_lpft"  # suffix of a PEFT method name: the same method trained as LP-FT (``gift_r32_lpft``)
@@ -126,6 +126,8 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
         return {"name": "miss", "r": 64, "target_modules": qv}
     if method == "ia3":
         return {"name": "ia3"}
+    if method == "loreft":  # rank 1 on the first and last token of every layer (the ReFT paper's GLUE rank)
+        return {"name": "loreft", "r": 1}
     k = lofit_k(layers, heads)
     half = {"max_steps": max(1, steps // 2), "learning_rate": lr}
     stage2 = {"stage2": {"init_std": 1e-3}, "stage2_training": half}

@@ -205,6 +205,32 @@ def test_linear_probe_first_bad_values(assets, tmp_path, method, message):
         recipes.prepare(_cls_cfg(assets, method))
 
 
+def test_seq_cls_loreft_trains_saves_and_reloads(assets, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from peft_gift.recipes.loreft import load_loreft
+
+    out, res = _run_cli(tmp_path, _cls_cfg(assets, {"name": "loreft", "r": 2}))
+    _check_results(res, "loreft", "seq_cls")
+    layers = AutoModelForSequenceClassification.from_pretrained(str(assets / "bert")).config.num_hidden_layers
+    assert res["trainable_params"] == layers * (2 * 2 * 64 + 2) + 130  # per layer R, W (r x d) and b (r), + head
+    model = load_loreft(AutoModelForSequenceClassification.from_pretrained(str(out / "model")), str(out / "model"))
+    again = _reevaluate(res, model)
+    assert again["accuracy"] == pytest.approx(res["after"]["accuracy"])
+    assert again["loss"] == pytest.approx(res["after"]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("method, message", [
+    ({"name": "loreft", "r": "2"}, "method.r must be an integer"),
+    ({"name": "loreft", "prefix": 0, "suffix": 0}, "at least one intervened position"),
+    ({"name": "loreft", "layers": [0, "1"]}, "method.layers must be"),
+    ({"name": "loreft", "rank": 2}, "rank"),
+])
+def test_loreft_bad_values(assets, tmp_path, method, message):
+    with pytest.raises(recipes.ConfigError, match=message):
+        recipes.prepare(_cls_cfg(assets, method))
+
+
 def test_causal_lm_mc_lofit_two_stage(assets, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -346,6 +346,44 @@ class LinearProbeThenFull(LinearProbe):
                                                            "stage2": {**c2, "train_time_s": round(t2, 1)}}}
 
 
+class Loreft(LinearProbe):
+    """LoReFT baseline (`peft_gift.recipes.loreft`): interventions Φ(h) = h + Rᵀ(Wh + b − Rh) on the first ``prefix``
+    and last ``suffix`` positions of the given ``layers`` (default all), rank ``r``; the base frozen, a new head
+    trained with them; saves the whole model with the settings in its config (reload: `loreft.load_loreft`)."""
+
+    name = "loreft"
+    DEFAULTS = {"r": 1, "layers": None, "prefix": 1, "suffix": 1, "dropout": 0.0}
+
+    def keys(self):
+        return list(self.DEFAULTS)
+
+    def validate(self, params, task):
+        Method.validate(self, params, task)  # a head is optional: LoReFT also adapts language models
+        values = {**self.DEFAULTS, **params}
+        for name, low in (("r", 1), ("prefix", 0), ("suffix", 0)):
+            check_int(values[name], f"method.{name}", low)
+        if values["prefix"] + values["suffix"] == 0:
+            raise ConfigError("method loreft needs at least one intervened position: prefix + suffix >= 1")
+        layers = values["layers"]
+        if layers is not None and (not isinstance(layers, list) or not layers or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
+            raise ConfigError(f"method.layers must be a non-empty list of layer indices (or omitted: all), "
+                              f"got {layers!r}")
+        d = values["dropout"]
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+            raise ConfigError(f"method.dropout must be a number in [0, 1), got {d!r}")
+
+    def apply(self, model, params, task):
+        from .loreft import attach_loreft
+
+        model = LinearProbe.apply(self, model, params, task)  # freeze the base, train a head if the task has one
+        try:
+            attach_loreft(model, **{**self.DEFAULTS, **params})
+        except ValueError as e:
+            raise ConfigError(f"method loreft cannot be applied to this model: {e}") from None
+        return model
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     PeftMethod("gift", "peft_gift.GiftConfig"),
     Lofit(),
@@ -357,6 +395,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     BitFit(),
     LinearProbe(),
     LinearProbeThenFull(),
+    Loreft(),
 )}
 
 
