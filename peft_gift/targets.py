@@ -10,11 +10,12 @@ from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 _QV = ["q_proj", "v_proj"]
-# GIFT: the paper's settings (q and v of every attention block; ViT/DINOv2 follow the same q,v choice).
+# GIFT: the paper's settings: q and v of every attention block for language models; the attention output projection
+# for ViT/DINOv2 (the paper's and the released vision configs' `attn:proj`; transformers 5.x names it `o_proj`).
 TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING: dict[str, Union[list[str], str]] = {
     **TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
     **{name: _QV for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
-    **{name: _QV for name in ("vit", "dinov2", "dinov2_with_registers")},
+    **{name: ["o_proj"] for name in ("vit", "dinov2", "dinov2_with_registers")},
     "gpt2": ["c_attn"],
     "bert": ["query", "value"],
     "roberta": ["query", "value"],

@@ -3,7 +3,7 @@ import json
 import pytest
 from peft import PeftConfig, get_peft_model
 from peft.utils.peft_types import PeftType
-from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, tiny_t5, tiny_vit
+from tiny_models import tiny_bert, tiny_dinov2, tiny_gpt2, tiny_llama, tiny_roberta, tiny_t5, tiny_vit
 
 from peft_gift import GiftConfig
 
@@ -59,7 +59,8 @@ def test_json_round_trip_exact(tmp_path):
         (tiny_gpt2, ["c_attn"]),
         (tiny_bert, ["query", "value"]),
         (tiny_roberta, ["query", "value"]),
-        (tiny_vit, ["q_proj", "v_proj"]),
+        (tiny_vit, ["o_proj"]),  # the paper's ViT setting: the attention output projection
+        (tiny_dinov2, ["o_proj"]),
         (tiny_t5, ["q", "v"]),
     ],
 )
