@@ -407,6 +407,9 @@ def aggregate(runs: list[dict]) -> dict:
                "wall_s": float(sum(r.get("wall_s", 0.0) for r in runs if (r["part"], r["task"], r["method"]) == key))}
         if "heads" in rs[0]:
             row["heads"] = {r["seed"]: r["heads"] for r in rs}
+        sources = sorted(k[len("accuracy_"):] for k in rs[0]["result"] if k.startswith("accuracy_"))
+        if sources:  # a mix of tasks: mean test accuracy per task
+            row["per_task"] = {s: float(np.mean([r["result"][f"accuracy_{s}"] for r in rs])) for s in sources}
         rows.append(row)
     by = {(r["part"], r["task"], r["method"]): r for r in rows}
     for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
@@ -463,6 +466,13 @@ def markdown(report: dict) -> str:
             lines += ["", "Paired per-seed differences (points, 95% t-interval):", ""]
             lines += [f"- {d['a']} − {d['b']}: {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
                       f" over {d['n']} seeds" for d in pd]
+        per_task = [r for r in sorted(trow, key=lambda r: r["trainable_params"]) if "per_task" in r]
+        if per_task:
+            names = list(per_task[0]["per_task"])
+            lines += ["", "Test accuracy per task (%, mean over the seeds):", "",
+                      "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            lines += [f"| {r['method']} | " + " | ".join(f"{100 * r['per_task'].get(n, float('nan')):.1f}" for n in names)
+                      + " |" for r in per_task]
         heads = [r for r in trow if "heads" in r]
         lines += [""] + [f"- {r['method']} heads: " + "; ".join(f"seed {s}: {h}" for s, h in r["heads"].items())
                          for r in heads]
