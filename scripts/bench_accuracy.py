@@ -22,8 +22,8 @@ Protocol, per (task, method):
 Every method gets the same budget: ``--steps`` optimizer steps at ``--batch-size`` (LoFiT: half for stage 1, half for
 stage 2; its random-heads control ``lofit_random`` trains exactly LoFiT's stage 2 on K random heads), AdamW, linear
 warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds,
-the majority-class accuracy of the test part, and the paired per-seed differences GIFT − LoRA and LoFiT − LoRA with
-a 95% t-interval; a task where every method stays within one point of its majority class is left out of summaries.
+the majority-class accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA,
+GIFT − LoReFT and LP-FT − plain with a 95% t-interval; a task where every method stays within one point of its majority class is left out of summaries.
 A classification head (new, random) is trained with the method, at the method's chosen learning rate.
 """
 
@@ -418,6 +418,9 @@ def aggregate(runs: list[dict]) -> dict:
             pairs = []
             if lora is not None and r["method"] != "lora" and r["method"].startswith(("gift", "lofit")):
                 pairs.append(lora)
+            loreft = by.get((part, task, "loreft"))  # GIFT's main comparison in its paper
+            if loreft is not None and r["method"].startswith("gift"):
+                pairs.append(loreft)
             plain = by.get((part, task, r["method"].removesuffix(LPFT)))
             if r["method"].endswith(LPFT) and plain is not None:  # LP-FT against the plain recipe
                 pairs.append(plain)
