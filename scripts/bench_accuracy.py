@@ -21,9 +21,10 @@ Protocol, per (task, method):
 3. **test**: train on the whole training part at that learning rate with every seed, evaluate on the test part.
 Every method gets the same budget: ``--steps`` optimizer steps at ``--batch-size`` (LoFiT: half for stage 1, half for
 stage 2; its random-heads control ``lofit_random`` trains exactly LoFiT's stage 2 on K random heads), AdamW, linear
-warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds,
-the majority-class accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA,
-GIFT − LoReFT and LP-FT − plain with a 95% t-interval; a task where every method stays within one point of its majority class is left out of summaries.
+warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds, the majority-class
+accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA, GIFT − LoReFT and LP-FT −
+plain with a 95% t-interval; a task where every method stays within one point of its majority class is left out of
+summaries.
 A classification head (new, random) is trained with the method, at the method's chosen learning rate.
 """
 

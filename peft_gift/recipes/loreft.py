@@ -22,7 +22,8 @@ interventions from the saved directory.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import numbers
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -104,16 +105,25 @@ class LoReft(nn.Module):
             handle.remove()
 
 
+def check_settings(r, layers, prefix, suffix, dropout, field: Callable[[str], str] = "LoReFT {}".format) -> None:
+    """Raise ValueError for settings LoReFT cannot use, naming each setting as ``field(name)``."""
+    for name, value, low in (("r", r, 1), ("prefix", prefix, 0), ("suffix", suffix, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{field(name)} must be an integer >= {low}, got {value!r}")
+    if prefix + suffix == 0:
+        raise ValueError(f"LoReFT needs at least one intervened position: {field('prefix')} + {field('suffix')} >= 1")
+    if layers is not None and (not isinstance(layers, (list, tuple)) or not layers or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in layers)):
+        raise ValueError(f"{field('layers')} must be a non-empty list of layer indices (or omitted: all), "
+                         f"got {layers!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ValueError(f"{field('dropout')} must be a number in [0, 1), got {dropout!r}")
+
+
 def attach_loreft(model: nn.Module, r: int = 1, layers: Optional[Sequence[int]] = None, prefix: int = 1,
                   suffix: int = 1, dropout: float = 0.0) -> LoReft:
     """Add LoReFT interventions to ``model`` (as ``model.loreft``) and record the settings in ``model.config``."""
-    for name, value, low in (("r", r, 1), ("prefix", prefix, 0), ("suffix", suffix, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"LoReFT {name} must be an integer >= {low}, got {value!r}")
-    if prefix + suffix == 0:
-        raise ValueError("LoReFT needs at least one intervened position: prefix + suffix >= 1")
-    if not 0 <= float(dropout) < 1:
-        raise ValueError(f"LoReFT dropout must be in [0, 1), got {dropout!r}")
+    check_settings(r, layers, prefix, suffix, dropout)
     loreft = LoReft(model, r, layers, prefix, suffix, float(dropout))
     model.loreft = loreft
     model.config.loreft = {"r": r, "layers": loreft.layer_ids, "prefix": prefix, "suffix": suffix,

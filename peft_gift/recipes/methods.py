@@ -13,6 +13,11 @@ from .config import ConfigError, check_int, check_training, check_unknown, confi
 from .tasks import HEAD_NAMES
 
 
+def _is_head_param(name: str) -> bool:
+    """A parameter of the task's classification head (also inside PEFT's ``modules_to_save`` wrapper)."""
+    return any(f".{h}." in f".{name}." for h in HEAD_NAMES)
+
+
 def param_counts(model) -> dict:
     """``trainable_params``, ``head_params`` (trainable parameters of a classification head), ``total_params``."""
     total = trainable = head = 0
@@ -24,7 +29,7 @@ def param_counts(model) -> dict:
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
-            if any(f".{h}." in f".{n}." for h in HEAD_NAMES):
+            if _is_head_param(n):
                 head += p.numel()
     if hasattr(model, "get_nb_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()
@@ -95,8 +100,7 @@ class PeftMethod(Method):
         if not params.get("linear_probe_first"):
             return super().fit(model, params, ctx)
         model = self.apply(model, params, ctx.task)
-        adapter = [p for n, p in model.named_parameters()
-                   if p.requires_grad and not any(f".{h}." in f".{n}." for h in HEAD_NAMES)]
+        adapter = [p for n, p in model.named_parameters() if p.requires_grad and not _is_head_param(n)]
         for p in adapter:
             p.requires_grad_(False)
         c1 = param_counts(model)
@@ -359,19 +363,13 @@ class Loreft(LinearProbe):
 
     def validate(self, params, task):
         Method.validate(self, params, task)  # a head is optional: LoReFT also adapts language models
-        values = {**self.DEFAULTS, **params}
-        for name, low in (("r", 1), ("prefix", 0), ("suffix", 0)):
-            check_int(values[name], f"method.{name}", low)
-        if values["prefix"] + values["suffix"] == 0:
-            raise ConfigError("method loreft needs at least one intervened position: prefix + suffix >= 1")
-        layers = values["layers"]
-        if layers is not None and (not isinstance(layers, list) or not layers or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
-            raise ConfigError(f"method.layers must be a non-empty list of layer indices (or omitted: all), "
-                              f"got {layers!r}")
-        d = values["dropout"]
-        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
-            raise ConfigError(f"method.dropout must be a number in [0, 1), got {d!r}")
+        from .loreft import check_settings
+
+        try:
+            check_settings(**{**self.DEFAULTS, **{k: v for k, v in params.items() if k != "name"}},
+                           field="method.{}".format)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def apply(self, model, params, task):
         from .loreft import attach_loreft
