@@ -3,6 +3,8 @@ at equal optimizer steps; GIFT / LoFiT vs PEFT baselines, CPU-sized.
 
     python scripts/bench_accuracy.py --parts glue --tasks sst2           # the study in docs/results.md (resumable)
     python scripts/bench_accuracy.py --parts glue --methods ia3,full     # add methods to the same study
+    python scripts/bench_accuracy.py --parts lm                          # Commonsense-8 with SmolLM2-135M
+    python scripts/bench_accuracy.py --parts vision                      # DINOv2-S/14 on CIFAR-10
     python scripts/bench_accuracy.py --report-only                       # rebuild accuracy.json/.md/.png
     python scripts/bench_accuracy.py --quick --out /tmp/b                # tiny random models, synthetic data
 
@@ -35,6 +37,7 @@ import functools
 import json
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -61,6 +64,12 @@ GLUE_METHODS = ("gift_r32", "lora", "lofit", "linear_probe")  # the default stud
 # the context rather than the answer (the multiple-choice task scores answers after one shared prompt)
 COMMONSENSE8 = ("boolq", "piqa", "siqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa", "csqa")
 LM_METHODS = ("zero_shot", "gift_r64", "lora", "lofit", "lofit_random")
+# DINOv2-S/14 on CIFAR-10: the 10,000 images that install offline form one split, cut into disjoint train / test
+# parts; images at 112 px (8x8 patches) for CPU. GIFT r=16 on the attention output projection is the paper's ViT
+# setting, on q,v its LLM one.
+VISION_SIZES, VISION_IMAGE = (1000, 500), 112
+VISION_METHODS = ("gift_r16_o", "gift_r16", "lora", "linear_probe")
+PART_MODEL = {"glue": "MiniLM-L6", "lm": "SmolLM2-135M", "vision": "DINOv2-S/14"}
 # 4 log-spaced learning rates per method, centred on the values the papers and PEFT's examples use
 LR_GRID = {
     "gift": (1e-3, 3e-3, 1e-2, 3e-2), "lora": (1e-3, 3e-3, 1e-2, 3e-2), "vera": (3e-3, 1e-2, 3e-2, 1e-1),
@@ -81,13 +90,14 @@ def log(msg: str) -> None:
 # the jobs: one recipe config per (part, task, method, seed)
 
 
-def geometry(model_path: str) -> tuple[int, int, list[str]]:
-    """(layers, heads per layer, the q/v projection names) of a model directory."""
+def geometry(model_path: str) -> tuple[int, int, list[str], str]:
+    """(layers, heads per layer, the q/v projection names, the attention output projection's name) of a model."""
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(model_path)
-    qv = ["q_proj", "v_proj"] if c.model_type in ("llama", "mistral", "qwen2", "gemma") else ["query", "value"]
-    return c.num_hidden_layers, c.num_attention_heads, qv
+    if c.model_type in ("bert", "roberta"):
+        return c.num_hidden_layers, c.num_attention_heads, ["query", "value"], "attention.output.dense"
+    return c.num_hidden_layers, c.num_attention_heads, ["q_proj", "v_proj"], "o_proj"
 
 
 def lofit_k(layers: int, heads: int) -> int:
@@ -100,6 +110,11 @@ def random_heads(layers: int, heads: int, k: int, seed: int) -> list[list[int]]:
     return [list(divmod(i, heads)) for i in sorted(flat)]
 
 
+# gift_r<rank>, then optional suffixes: _o = on the attention output projection (default: q and v), _wegeft = the
+# WeGeFT initialisation (φ = 0, ψ random; default GIFT's ψ = 0, φ random)
+GIFT_NAME = re.compile(r"gift_r(\d+)(_o)?(_wegeft)?")
+
+
 def grid_key(method: str) -> str:
     """The LR_GRID entry of a method name of the study (``gift_r32`` → ``gift``, ``lofit_random`` → ``lofit``,
     ``lora_lpft`` → ``lora``)."""
@@ -110,15 +125,17 @@ def grid_key(method: str) -> str:
 def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int) -> dict | None:
     """The method mapping of the recipe registry for one run (``None`` for the untrained model). LoFiT gets half of
     the ``steps`` for stage 1 and half for stage 2, both at ``lr``, so every method trains ``steps`` steps."""
-    layers, heads, qv = geometry(model_path)
+    layers, heads, qv, o_proj = geometry(model_path)
     if method == "zero_shot":
         return None
     if method.endswith(LPFT):  # LP-FT of a PEFT method: head alone (half the steps, 10x the rate), then head + adapter
         half = max(1, steps // 2)
         return {**method_entry(method.removesuffix(LPFT), model_path, lr, seed, steps), "linear_probe_first": True,
                 "stage1_training": {"max_steps": half, "learning_rate": 10 * lr}, "stage2_training": {"max_steps": half}}
-    if method.startswith("gift_r"):
-        return {"name": "gift", "r": int(method[6:]), "sharing": "module", "target_modules": qv}
+    if gift := GIFT_NAME.fullmatch(method):
+        rank, on_o, wegeft = gift.groups()
+        return {"name": "gift", "r": int(rank), "sharing": "module", "target_modules": [o_proj] if on_o else qv,
+                **({"init": "wegeft"} if wegeft else {})}
     if method == "lora":
         return {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": qv}
     if method == "vera":
@@ -142,7 +159,7 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
                 "stage2_training": half}
     if method in ("bitfit", "linear_probe", "full"):
         return {"name": method}
-    raise ValueError(f"unknown method {method!r}; known: gift_r<rank>, {', '.join(sorted(LR_GRID))}, lofit_random, "
+    raise ValueError(f"unknown method {method!r}; known: gift_r<rank>[_o][_wegeft], {', '.join(sorted(LR_GRID))}, lofit_random, "
                      f"<PEFT method>{LPFT}")
 
 
@@ -293,6 +310,15 @@ def _part_plan(part: str, args, quick: dict | None) -> tuple[list[tuple[str, str
                                              "eval_size": n_test, "seed": 0, "max_length": GLUE_MAXLEN[task]}))
         methods = args.methods.split(",") if args.methods else list(GLUE_METHODS)
         return plan, methods, dict(task_name="seq_cls", bs=args.batch_size, eval_bs=128, steps=args.steps)
+    if part == "vision":
+        if args.quick:
+            raise SystemExit("--quick has no vision part (no tiny image model); run it without --quick")
+        n_train, n_test = VISION_SIZES
+        plan = [("cifar10", "dinov2-s14", {"dataset": "cifar10", "train_split": "test", "eval_split": "test",
+                                           "train_size": n_train, "eval_size": n_test, "seed": 0,
+                                           "image_size": VISION_IMAGE})]
+        methods = args.methods.split(",") if args.methods else list(VISION_METHODS)
+        return plan, methods, dict(task_name="image_cls", bs=args.batch_size, eval_bs=64, steps=args.vision_steps)
     if args.quick:
         plan = [("synthetic_mc", quick["llama"], {"dataset": quick["mc"], "max_length": 32})]
     else:
@@ -454,7 +480,7 @@ def markdown(report: dict) -> str:
         first = trow[0]
         maj = "—" if first["majority"] is None else _pct(first["majority"])
         note = "" if agg["informative"][f"{part}/{task}"] else " **(every method at the majority class: left out)**"
-        lines += [f"## {task} ({'MiniLM-L6' if part == 'glue' else 'SmolLM2-135M'}){note}", "",
+        lines += [f"## {task} ({PART_MODEL[part]}){note}", "",
                   f"{first['train_examples']} training / {first['test_examples']} test examples; {first['steps']} "
                   f"optimizer steps for every method; majority class {maj}%.", "",
                   "| method | trainable params (head) | chosen lr | test accuracy | seeds | dev accuracy per lr | "
@@ -507,7 +533,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log)")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
-        ax.set_title(f"{'MiniLM-L6' if part == 'glue' else 'SmolLM2-135M'}: {task}", fontsize=9)
+        ax.set_title(f"{PART_MODEL[part]}: {task}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -531,13 +557,15 @@ def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny random models on synthetic data, seconds")
-    p.add_argument("--parts", default="glue", help="glue (MiniLM sequence classification) and/or lm (SmolLM2)")
+    p.add_argument("--parts", default="glue", help="glue (MiniLM sequence classification), lm (SmolLM2 "
+                                                   "multiple choice), vision (DINOv2 on CIFAR-10); comma list")
     p.add_argument("--tasks", default=None, help=f"MiniLM tasks, of {', '.join(GLUE_TASKS)} (default sst2)")
     p.add_argument("--methods", default=None, help=f"default {','.join(GLUE_METHODS)}; any of gift_r<rank>, "
                                                    f"{', '.join(sorted(LR_GRID))}, lofit_random, <PEFT method>{LPFT}")
     p.add_argument("--seeds", default=None, help="comma list of test seeds (default 0,1,2,3,4; 0,1 with --quick)")
     p.add_argument("--steps", type=int, default=80, help="optimizer steps of every MiniLM run")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--vision-steps", type=int, default=40, help="optimizer steps of every DINOv2 run")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size of the MiniLM and DINOv2 runs")
     p.add_argument("--lm-tasks", default=",".join(COMMONSENSE8), help="SmolLM2 multiple-choice tasks, mixed")
     p.add_argument("--lm-train", type=int, default=40, help="training questions per LM task (train split)")
     p.add_argument("--lm-test", type=int, default=40, help="test questions per LM task (validation split)")
@@ -564,7 +592,7 @@ def main(argv=None) -> int:
     command = "python scripts/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not a.report_only:
         for part in [x for x in a.parts.split(",") if x]:
-            if part not in ("glue", "lm"):
+            if part not in PART_MODEL:
                 p.error(f"unknown part {part!r}")
             run_part(part, a, out / "accuracy_runs.jsonl")
     rep = report(out, plot_path, a.quick, command)

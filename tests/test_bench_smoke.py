@@ -159,3 +159,20 @@ def test_accuracy_benchmark_measures_what_the_cli_reports(tmp_path, bench_accura
     job = bench_accuracy.recipes.prepare(results["config"])
     reloaded = PeftModel.from_pretrained(job.task.load_model(), str(tmp_path / "out" / "adapter"))
     assert bench_accuracy.recipes.evaluate(reloaded, job) == pytest.approx(results["after"], rel=1e-5)
+
+
+def test_accuracy_method_names(tmp_path, bench_accuracy):
+    """gift_r<rank>[_o][_wegeft]: rank, targets (q,v or the attention output projection) and init from the name;
+    a misspelt name is refused, not run as something else."""
+    assets = bench_accuracy.quick_assets(tmp_path)
+    bert, llama = assets["bert"], assets["llama"]
+    assert bench_accuracy.method_entry("gift_r8", bert, 1e-3, 0, 8) == {
+        "name": "gift", "r": 8, "sharing": "module", "target_modules": ["query", "value"]}
+    assert bench_accuracy.method_entry("gift_r16_o", bert, 1e-3, 0, 8)["target_modules"] == ["attention.output.dense"]
+    entry = bench_accuracy.method_entry("gift_r4_o_wegeft", llama, 1e-3, 0, 8)
+    assert (entry["r"], entry["target_modules"], entry["init"]) == (4, ["o_proj"], "wegeft")
+    assert bench_accuracy.method_entry("lora", llama, 1e-3, 0, 8)["target_modules"] == ["q_proj", "v_proj"]
+    assert bench_accuracy.grid_key("gift_r4_o_wegeft_lpft") == "gift"
+    for bad in ("gift_r8_x", "gift_rx", "gift_r8_wegeft_o"):
+        with pytest.raises(ValueError, match="gift_r<rank>"):
+            bench_accuracy.method_entry(bad, bert, 1e-3, 0, 8)
