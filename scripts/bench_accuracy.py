@@ -6,6 +6,7 @@ at equal optimizer steps; GIFT / LoFiT vs PEFT baselines, CPU-sized.
     python scripts/bench_accuracy.py --parts lm                          # Commonsense-8 with SmolLM2-135M
     python scripts/bench_accuracy.py --parts vision                      # DINOv2-S/14 on CIFAR-10
     python scripts/bench_accuracy.py --report-only                       # rebuild accuracy.json/.md/.png
+    python scripts/bench_accuracy.py --reproduce --parts glue,lm,vision  # re-run one stored run per row, compare
     python scripts/bench_accuracy.py --quick --out /tmp/b                # tiny random models, synthetic data
 
 A thin driver over the training CLI's pipeline (``peft_gift.recipes``): every run is a job config (model, task,
@@ -24,10 +25,14 @@ Protocol, per (task, method):
 Every method gets the same budget: ``--steps`` optimizer steps at ``--batch-size`` (LoFiT: half for stage 1, half for
 stage 2; its random-heads control ``lofit_random`` trains exactly LoFiT's stage 2 on K random heads), AdamW, linear
 warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds, the majority-class
-accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA, GIFT − LoReFT and LP-FT −
-plain with a 95% t-interval; a task where every method stays within one point of its majority class is left out of
-summaries.
+accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA, GIFT − LoReFT, LP-FT −
+plain and GIFT variant − plain GIFT of the same rank (other targets or init) with a 95% t-interval; a task where
+every method stays within one point of its majority class is left out of summaries.
 A classification head (new, random) is trained with the method, at the method's chosen learning rate.
+
+``--reproduce`` checks that the tables hold for the code checked out now: for every row (part, task, method) it
+trains and evaluates again the stored config of one test run (the smallest seed at the chosen rate) and records both
+evaluation results and both library commits in ``<out>/accuracy_reproduced.jsonl``; the report lists them.
 """
 
 from __future__ import annotations
@@ -396,6 +401,38 @@ def run_part(part: str, args, runs_path: Path) -> None:
                 run(task, model, data, method, "test", best, seed)
 
 
+def reproduce(args, out: Path) -> None:
+    """Re-run, with the code of this process, one stored test run per (part, task, method) of the selected parts /
+    tasks / methods and append the comparison to ``<out>/accuracy_reproduced.jsonl`` (skipped when this commit
+    already reproduced that run)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    runs = load_runs(out / "accuracy_runs.jsonl")
+    path = out / "accuracy_reproduced.jsonl"
+    done = {(r["part"], r["task"], r["method"], r["seed"], r["code_now"]) for r in load_runs(path)}
+    parts, tasks = args.parts.split(","), args.tasks.split(",") if args.tasks else None
+    methods = args.methods.split(",") if args.methods else None
+    for row in aggregate(runs)["rows"]:
+        if row["part"] not in parts or (tasks and row["task"] not in tasks) or (methods and row["method"] not in methods):
+            continue
+        seed = min(row["seeds"])
+        stored = next(r for r in reversed(runs) if r.get("phase") == "test" and r["seed"] == seed and r["lr"] == row["lr"]
+                      and (r["part"], r["task"], r["method"]) == (row["part"], row["task"], row["method"]))
+        if (row["part"], row["task"], row["method"], seed, code_version()) in done:
+            continue
+        t0 = time.time()
+        now = run_job(stored["config"], train=row["method"] != "zero_shot")
+        rec = {"part": row["part"], "task": row["task"], "method": row["method"], "seed": seed, "lr": row["lr"],
+               "code": stored.get("code") or "unrecorded", "code_now": code_version(),
+               "result": stored["result"], "result_now": now["result"], "identical": now["result"] == stored["result"],
+               "wall_s": round(time.time() - t0, 1)}
+        log(f"reproduce {row['part']} {row['task']} {row['method']} seed={seed}: stored {stored['result']} "
+            f"({rec['code']}), now {now['result']} ({rec['code_now']})")
+        with path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # report
 
@@ -448,6 +485,9 @@ def aggregate(runs: list[dict]) -> dict:
             loreft = by.get((part, task, "loreft"))  # GIFT's main comparison in its paper
             if loreft is not None and r["method"].startswith("gift"):
                 pairs.append(loreft)
+            gift = GIFT_NAME.fullmatch(r["method"])
+            if gift and (gift.group(2) or gift.group(3)) and (part, task, f"gift_r{gift.group(1)}") in by:
+                pairs.append(by[(part, task, f"gift_r{gift.group(1)}")])  # a GIFT variant against plain GIFT
             plain = by.get((part, task, r["method"].removesuffix(LPFT)))
             if r["method"].endswith(LPFT) and plain is not None:  # LP-FT against the plain recipe
                 pairs.append(plain)
@@ -507,6 +547,18 @@ def markdown(report: dict) -> str:
         lines += [""] + [f"- {r['method']} heads: " + "; ".join(f"seed {s}: {h}" for s, h in r["heads"].items())
                          for r in heads]
         lines.append("")
+    if report.get("reproduced"):
+        rep = report["reproduced"]
+        lines += ["## Stored runs trained again (`--reproduce`)", "",
+                  f"{sum(r['identical'] for r in rep)} of {len(rep)} stored test runs gave an identical evaluation "
+                  f"result (every metric, every digit) when their stored config was trained and evaluated again "
+                  f"with the library commit(s) {', '.join(sorted({r['code_now'] for r in rep}))}.", "",
+                  "| part | task | method | seed | test accuracy stored (commit) | again (commit) | identical |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['part']} | {r['task']} | {r['method']} | {r['seed']} | {_pct(r['result']['accuracy'])} "
+                  f"({r['code']}) | {_pct(r['result_now']['accuracy'])} ({r['code_now']}) | "
+                  f"{'yes' if r['identical'] else 'no'} |" for r in rep]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -546,7 +598,7 @@ def report(out: Path, plot_path: Path, quick: bool, command: str) -> dict:
     rep = {"quick": quick, "machine": recipes.describe_machine(recipes.machine_info()), "commands": f"`{command}`",
            "settings": {"sizes": GLUE_SIZES, "max_length": GLUE_MAXLEN, "dev_fraction": DEV_FRACTION,
                         "lr_grid": LR_GRID, "l1_lambda": L1_LAMBDA},
-           "aggregate": aggregate(runs), "runs": runs}
+           "aggregate": aggregate(runs), "reproduced": load_runs(out / "accuracy_reproduced.jsonl"), "runs": runs}
     (out / "accuracy.json").write_text(json.dumps(rep, indent=2))
     (out / "accuracy.md").write_text(markdown(rep) + f"\n![accuracy vs parameters]({os.path.relpath(plot_path, out)})\n")
     if rep["aggregate"]["rows"]:
@@ -575,6 +627,8 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default=None, help="PNG path (default docs/img/accuracy_vs_params.png; "
                                                   "<out>/accuracy_vs_params.png with --quick)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--reproduce", action="store_true", help="re-run one stored test run per row of the selected "
+                                                             "--parts/--tasks/--methods with this code and compare")
     a = p.parse_args(argv)
     code_version()  # the code this process imported
     if a.threads or a.quick:
@@ -590,7 +644,9 @@ def main(argv=None) -> int:
     plot_path = Path(a.plot) if a.plot else (out / "accuracy_vs_params.png" if a.quick else
                                              ROOT / "docs" / "img" / "accuracy_vs_params.png")
     command = "python scripts/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if not a.report_only:
+    if a.reproduce:
+        reproduce(a, out)
+    elif not a.report_only:
         for part in [x for x in a.parts.split(",") if x]:
             if part not in PART_MODEL:
                 p.error(f"unknown part {part!r}")

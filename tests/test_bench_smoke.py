@@ -115,6 +115,31 @@ def test_accuracy_quick_follows_the_protocol(tmp_path, bench_accuracy):
     assert len((tmp_path / "accuracy_runs.jsonl").read_text().splitlines()) == n
 
 
+def test_accuracy_reproduce(tmp_path, bench_accuracy):
+    """--reproduce trains one stored test run per row again with this code and says whether every metric is
+    identical; a stored result that this code does not give is reported as such."""
+    import torch
+
+    args = ["--quick", "--parts", "glue", "--methods", "gift_r32,lora", "--seeds", "0", "--out", str(tmp_path)]
+    threads = torch.get_num_threads()
+    try:
+        assert bench_accuracy.main(args) == 0
+        runs_path = tmp_path / "accuracy_runs.jsonl"
+        runs = [json.loads(line) for line in runs_path.read_text().splitlines()]
+        for r in runs:  # falsify LoRA's stored test result
+            if r["method"] == "lora" and r["phase"] == "test":
+                r["result"] = {**r["result"], "accuracy": r["result"]["accuracy"] / 2}
+        runs_path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+        assert bench_accuracy.main([*args, "--reproduce"]) == 0
+        assert bench_accuracy.main([*args, "--reproduce"]) == 0  # already reproduced by this code: skipped
+    finally:
+        torch.set_num_threads(threads)
+    rep = [json.loads(line) for line in (tmp_path / "accuracy_reproduced.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["seed"], r["identical"]) for r in rep] == [("gift_r32", 0, True), ("lora", 0, False)]
+    assert rep[0]["result_now"] == rep[0]["result"] and rep[1]["result_now"]["accuracy"] == 2 * rep[1]["result"]["accuracy"]
+    assert "1 of 2 stored test runs gave an identical evaluation result" in (tmp_path / "accuracy.md").read_text()
+
+
 def test_paired_difference_interval(bench_accuracy):
     d = bench_accuracy.paired({0: 0.80, 1: 0.82, 2: 0.78}, {0: 0.75, 1: 0.80, 2: 0.74, 3: 0.9})
     diffs = [0.05, 0.02, 0.04]  # seed 3 is not paired
