@@ -25,9 +25,9 @@ Protocol, per (task, method):
 Every method gets the same budget: ``--steps`` optimizer steps at ``--batch-size`` (LoFiT: half for stage 1, half for
 stage 2; its random-heads control ``lofit_random`` trains exactly LoFiT's stage 2 on K random heads), AdamW, linear
 warm-up over 10% then linear decay, no weight decay. The report gives mean ± std over seeds, the majority-class
-accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA, GIFT − LoReFT, LP-FT −
-plain and GIFT variant − plain GIFT of the same rank (other targets or init) with a 95% t-interval; a task where
-every method stays within one point of its majority class is left out of summaries.
+accuracy of the test part, and the paired per-seed differences GIFT − LoRA, LoFiT − LoRA, LoFiT − random heads,
+GIFT − LoReFT, LP-FT − plain and GIFT variant − plain GIFT of the same rank (other targets or init) with a 95%
+t-interval; a task where every method stays within one point of its majority class is left out of summaries.
 A classification head (new, random) is trained with the method, at the method's chosen learning rate.
 
 ``--reproduce`` checks that the tables hold for the code checked out now: for every row (part, task, method) it
@@ -482,6 +482,8 @@ def aggregate(runs: list[dict]) -> dict:
             pairs = []
             if lora is not None and r["method"] != "lora" and r["method"].startswith(("gift", "lofit")):
                 pairs.append(lora)
+            if r["method"] == "lofit" and (part, task, "lofit_random") in by:  # LoFiT's localisation claim
+                pairs.append(by[(part, task, "lofit_random")])
             loreft = by.get((part, task, "loreft"))  # GIFT's main comparison in its paper
             if loreft is not None and r["method"].startswith("gift"):
                 pairs.append(loreft)

@@ -103,6 +103,8 @@ def test_accuracy_quick_follows_the_protocol(tmp_path, bench_accuracy):
             assert data["train_size"] + data["eval_size"] == n_train
         assert run["config"]["training"]["max_steps"] == run["steps"]  # equal optimizer steps for every method
     assert {(d["a"], d["b"]) for d in agg["paired"] if d["part"] == "glue"} == {("gift_r32", "lora"), ("lofit", "lora")}
+    assert {(d["a"], d["b"]) for d in agg["paired"] if d["part"] == "lm"} == {
+        ("gift_r64", "lora"), ("lofit", "lora"), ("lofit_random", "lora"), ("lofit", "lofit_random")}
     assert rows[("glue", "linear_probe")]["trainable_params"] < rows[("glue", "lora")]["trainable_params"]
     assert rows[("lm", "zero_shot")]["trainable_params"] == 0
     md = (tmp_path / "accuracy.md").read_text()
