@@ -659,12 +659,14 @@ def main(argv=None) -> int:
     plot_path = Path(a.plot) if a.plot else (out / "accuracy_vs_params.png" if a.quick else
                                              ROOT / "docs" / "img" / "accuracy_vs_params.png")
     command = "python scripts/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    parts = [x for x in a.parts.split(",") if x]
+    for part in parts:
+        if part not in PART_MODEL:
+            p.error(f"unknown part {part!r}; known: {', '.join(PART_MODEL)}")
     if a.reproduce:
         reproduce(a, out)
     elif not a.report_only:
-        for part in [x for x in a.parts.split(",") if x]:
-            if part not in PART_MODEL:
-                p.error(f"unknown part {part!r}")
+        for part in parts:
             run_part(part, a, out / "accuracy_runs.jsonl")
     rep = report(out, plot_path, a.quick, command)
     print(markdown(rep))

@@ -202,6 +202,8 @@ def test_accuracy_method_names(tmp_path, bench_accuracy):
     assert (entry["r"], entry["target_modules"], entry["init"]) == (4, ["o_proj"], "wegeft")
     assert bench_accuracy.method_entry("lora", llama, 1e-3, 0, 8)["target_modules"] == ["q_proj", "v_proj"]
     assert bench_accuracy.grid_key("gift_r4_o_wegeft_lpft") == "gift"
+    with pytest.raises(SystemExit):  # argparse error naming the known parts, also for --reproduce
+        bench_accuracy.main(["--reproduce", "--parts", "visoin", "--out", str(tmp_path)])
     for bad in ("gift_r8_x", "gift_rx", "gift_r8_wegeft_o"):
         with pytest.raises(ValueError, match="gift_r<rank>"):
             bench_accuracy.method_entry(bad, bert, 1e-3, 0, 8)
