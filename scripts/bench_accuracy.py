@@ -118,6 +118,8 @@ def random_heads(layers: int, heads: int, k: int, seed: int) -> list[list[int]]:
 # gift_r<rank>, then optional suffixes: _o = on the attention output projection (default: q and v), _wegeft = the
 # WeGeFT initialisation (φ = 0, ψ random; default GIFT's ψ = 0, φ random)
 GIFT_NAME = re.compile(r"gift_r(\d+)(_o)?(_wegeft)?")
+# every method name the study knows, for help texts and errors
+METHOD_NAMES = f"gift_r<rank>[_o][_wegeft], {', '.join(sorted(LR_GRID))}, lofit_random, <PEFT method>{LPFT}"
 
 
 def grid_key(method: str) -> str:
@@ -164,8 +166,7 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
                 "stage2_training": half}
     if method in ("bitfit", "linear_probe", "full"):
         return {"name": method}
-    raise ValueError(f"unknown method {method!r}; known: gift_r<rank>[_o][_wegeft], {', '.join(sorted(LR_GRID))}, lofit_random, "
-                     f"<PEFT method>{LPFT}")
+    raise ValueError(f"unknown method {method!r}; known: {METHOD_NAMES}")
 
 
 def job_config(model_path: str, task: str, data: dict, method: dict | None, lr: float | None, steps: int, bs: int,
@@ -401,7 +402,7 @@ def run_part(part: str, args, runs_path: Path) -> None:
                 run(task, model, data, method, "test", best, seed)
 
 
-def reproduce(args, out: Path) -> None:
+def reproduce(args, parts: list[str], out: Path) -> None:
     """Re-run, with the code of this process, one stored test run per (part, task, method) of the selected parts /
     tasks / methods and append the comparison to ``<out>/accuracy_reproduced.jsonl`` (skipped when this commit
     already reproduced that run)."""
@@ -411,16 +412,17 @@ def reproduce(args, out: Path) -> None:
     runs = load_runs(out / "accuracy_runs.jsonl")
     path = out / "accuracy_reproduced.jsonl"
     done = {(r["part"], r["task"], r["method"], r["seed"], r["code_now"]) for r in load_runs(path)}
-    parts, tasks = args.parts.split(","), args.tasks.split(",") if args.tasks else None
+    tasks = args.tasks.split(",") if args.tasks else None
     methods = args.methods.split(",") if args.methods else None
     for row in aggregate(runs)["rows"]:
-        if row["part"] not in parts or (tasks and row["task"] not in tasks) or (methods and row["method"] not in methods):
+        if (row["part"] not in parts or (tasks and row["task"] not in tasks)
+                or (methods and row["method"] not in methods)):
             continue
-        seed = min(row["seeds"])
-        stored = next(r for r in reversed(runs) if r.get("phase") == "test" and r["seed"] == seed and r["lr"] == row["lr"]
-                      and (r["part"], r["task"], r["method"]) == (row["part"], row["task"], row["method"]))
-        if (row["part"], row["task"], row["method"], seed, code_version()) in done:
+        key, seed = (row["part"], row["task"], row["method"]), min(row["seeds"])
+        if (*key, seed, code_version()) in done:
             continue
+        stored = next(r for r in reversed(runs) if (r["part"], r["task"], r["method"]) == key
+                      and r.get("phase") == "test" and r["seed"] == seed and r["lr"] == row["lr"])
         t0 = time.time()
         now = run_job(stored["config"], train=row["method"] != "zero_shot")
         rec = {"part": row["part"], "task": row["task"], "method": row["method"], "seed": seed, "lr": row["lr"],
@@ -627,8 +629,7 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="glue", help="glue (MiniLM sequence classification), lm (SmolLM2 "
                                                    "multiple choice), vision (DINOv2 on CIFAR-10); comma list")
     p.add_argument("--tasks", default=None, help=f"MiniLM tasks, of {', '.join(GLUE_TASKS)} (default sst2)")
-    p.add_argument("--methods", default=None, help=f"default {','.join(GLUE_METHODS)}; any of gift_r<rank>, "
-                                                   f"{', '.join(sorted(LR_GRID))}, lofit_random, <PEFT method>{LPFT}")
+    p.add_argument("--methods", default=None, help=f"default {','.join(GLUE_METHODS)}; any of {METHOD_NAMES}")
     p.add_argument("--seeds", default=None, help="comma list of test seeds (default 0,1,2,3,4; 0,1 with --quick)")
     p.add_argument("--steps", type=int, default=80, help="optimizer steps of every MiniLM run")
     p.add_argument("--vision-steps", type=int, default=40, help="optimizer steps of every DINOv2 run")
@@ -664,7 +665,7 @@ def main(argv=None) -> int:
         if part not in PART_MODEL:
             p.error(f"unknown part {part!r}; known: {', '.join(PART_MODEL)}")
     if a.reproduce:
-        reproduce(a, out)
+        reproduce(a, parts, out)
     elif not a.report_only:
         for part in parts:
             run_part(part, a, out / "accuracy_runs.jsonl")

@@ -138,7 +138,8 @@ def test_accuracy_reproduce(tmp_path, bench_accuracy):
         torch.set_num_threads(threads)
     rep = [json.loads(line) for line in (tmp_path / "accuracy_reproduced.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"], r["identical"]) for r in rep] == [("gift_r32", 0, True), ("lora", 0, False)]
-    assert rep[0]["result_now"] == rep[0]["result"] and rep[1]["result_now"]["accuracy"] == 2 * rep[1]["result"]["accuracy"]
+    assert rep[0]["result_now"] == rep[0]["result"]
+    assert rep[1]["result_now"]["accuracy"] == 2 * rep[1]["result"]["accuracy"]
     md = (tmp_path / "accuracy.md").read_text()
     assert "1 of 2 give the same test accuracy, 1 of 2 an identical result" in md
     assert "| glue | synthetic | lora | 0 |" in md and md.count("| yes |") == 1 and md.count("| no |") == 1
@@ -210,7 +211,8 @@ def test_accuracy_method_names(tmp_path, bench_accuracy):
 
 
 def test_reproduced_result_comparison(bench_accuracy):
-    rec = {"identical": False, "result": {"accuracy": 0.5, "loss": 1.0}, "result_now": {"accuracy": 0.5, "loss": 1.0 + 6e-8}}
+    rec = {"identical": False, "result": {"accuracy": 0.5, "loss": 1.0},
+           "result_now": {"accuracy": 0.5, "loss": 1.0 + 6e-8}}
     assert bench_accuracy._sameness(rec) == "accuracy yes; other metrics within 6.0e-08"
     assert bench_accuracy._sameness({**rec, "result_now": {"accuracy": 0.25, "loss": 1.0}}) == "no"
     assert bench_accuracy._sameness({**rec, "identical": True}) == "yes"
