@@ -118,15 +118,21 @@ def random_heads(layers: int, heads: int, k: int, seed: int) -> list[list[int]]:
 # gift_r<rank>, then optional suffixes: _o = on the attention output projection (default: q and v), _wegeft = the
 # WeGeFT initialisation (φ = 0, ψ random; default GIFT's ψ = 0, φ random)
 GIFT_NAME = re.compile(r"gift_r(\d+)(_o)?(_wegeft)?")
+# lora = rank 8 on q and v; lora_r<rank> another rank (alpha = 2 * rank, the same scaling)
+LORA_NAME = re.compile(r"lora(?:_r(\d+))?")
 # every method name the study knows, for help texts and errors
-METHOD_NAMES = f"gift_r<rank>[_o][_wegeft], {', '.join(sorted(LR_GRID))}, lofit_random, <PEFT method>{LPFT}"
+METHOD_NAMES = (f"gift_r<rank>[_o][_wegeft], lora[_r<rank>], {', '.join(sorted(LR_GRID))}, lofit_random, "
+                f"<PEFT method>{LPFT}")
 
 
 def grid_key(method: str) -> str:
     """The LR_GRID entry of a method name of the study (``gift_r32`` → ``gift``, ``lofit_random`` → ``lofit``,
-    ``lora_lpft`` → ``lora``)."""
+    ``lora_r32_lpft`` → ``lora``)."""
     method = method.removesuffix(LPFT)
-    return "gift" if method.startswith("gift_r") else ("lofit" if method.startswith("lofit") else method)
+    for prefix in ("gift_r", "lofit", "lora"):
+        if method.startswith(prefix):
+            return prefix.removesuffix("_r")
+    return method
 
 
 def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int) -> dict | None:
@@ -143,8 +149,9 @@ def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int)
         rank, on_o, wegeft = gift.groups()
         return {"name": "gift", "r": int(rank), "sharing": "module", "target_modules": [o_proj] if on_o else qv,
                 **({"init": "wegeft"} if wegeft else {})}
-    if method == "lora":
-        return {"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": qv}
+    if lora := LORA_NAME.fullmatch(method):
+        rank = int(lora.group(1) or 8)
+        return {"name": "lora", "r": rank, "lora_alpha": 2 * rank, "target_modules": qv}
     if method == "vera":
         return {"name": "vera", "r": 256, "target_modules": qv}
     if method == "miss":
@@ -479,11 +486,9 @@ def aggregate(runs: list[dict]) -> dict:
         rows.append(row)
     by = {(r["part"], r["task"], r["method"]): r for r in rows}
     for part, task in dict.fromkeys((r["part"], r["task"]) for r in rows):
-        lora = by.get((part, task, "lora"))
+        loras = [r for r in rows if (r["part"], r["task"]) == (part, task) and LORA_NAME.fullmatch(r["method"])]
         for r in [r for r in rows if (r["part"], r["task"]) == (part, task)]:
-            pairs = []
-            if lora is not None and r["method"] != "lora" and r["method"].startswith(("gift", "lofit")):
-                pairs.append(lora)
+            pairs = list(loras) if r["method"].startswith(("gift", "lofit")) else []  # against every LoRA rank run
             if r["method"] == "lofit" and (part, task, "lofit_random") in by:  # LoFiT's localisation claim
                 pairs.append(by[(part, task, "lofit_random")])
             loreft = by.get((part, task, "loreft"))  # GIFT's main comparison in its paper

@@ -201,11 +201,15 @@ def test_accuracy_method_names(tmp_path, bench_accuracy):
     assert bench_accuracy.method_entry("gift_r16_o", bert, 1e-3, 0, 8)["target_modules"] == ["attention.output.dense"]
     entry = bench_accuracy.method_entry("gift_r4_o_wegeft", llama, 1e-3, 0, 8)
     assert (entry["r"], entry["target_modules"], entry["init"]) == (4, ["o_proj"], "wegeft")
-    assert bench_accuracy.method_entry("lora", llama, 1e-3, 0, 8)["target_modules"] == ["q_proj", "v_proj"]
+    assert bench_accuracy.method_entry("lora", llama, 1e-3, 0, 8) == {
+        "name": "lora", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    assert bench_accuracy.method_entry("lora_r32", llama, 1e-3, 0, 8) == {
+        "name": "lora", "r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"]}
     assert bench_accuracy.grid_key("gift_r4_o_wegeft_lpft") == "gift"
+    assert [bench_accuracy.grid_key(m) for m in ("lora_r32_lpft", "lofit_random", "ia3")] == ["lora", "lofit", "ia3"]
     with pytest.raises(SystemExit):  # argparse error naming the known parts, also for --reproduce
         bench_accuracy.main(["--reproduce", "--parts", "visoin", "--out", str(tmp_path)])
-    for bad in ("gift_r8_x", "gift_rx", "gift_r8_wegeft_o"):
+    for bad in ("gift_r8_x", "gift_rx", "gift_r8_wegeft_o", "lora_r", "lora_32"):
         with pytest.raises(ValueError, match="gift_r<rank>"):
             bench_accuracy.method_entry(bad, bert, 1e-3, 0, 8)
 
