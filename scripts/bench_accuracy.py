@@ -356,9 +356,6 @@ def dev_data(data: dict, train_examples: int) -> dict:
 
 
 def run_part(part: str, args, runs_path: Path) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
     quick = quick_assets(runs_path.parent / "_quick_assets") if args.quick else None
     plan, methods, st = _part_plan(part, args, quick)
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -413,9 +410,6 @@ def reproduce(args, parts: list[str], out: Path) -> None:
     """Re-run, with the code of this process, one stored test run per (part, task, method) of the selected parts /
     tasks / methods and append the comparison to ``<out>/accuracy_reproduced.jsonl`` (skipped when this commit
     already reproduced that run)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
     runs = load_runs(out / "accuracy_runs.jsonl")
     path = out / "accuracy_reproduced.jsonl"
     done = {(r["part"], r["task"], r["method"], r["seed"], r["code_now"]) for r in load_runs(path)}
@@ -669,6 +663,9 @@ def main(argv=None) -> int:
     for part in parts:
         if part not in PART_MODEL:
             p.error(f"unknown part {part!r}; known: {', '.join(PART_MODEL)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the runs' own progress goes through log()
     if a.reproduce:
         reproduce(a, parts, out)
     elif not a.report_only:
