@@ -220,3 +220,18 @@ def test_reproduced_result_comparison(bench_accuracy):
     assert bench_accuracy._sameness(rec) == "accuracy yes; other metrics within 6.0e-08"
     assert bench_accuracy._sameness({**rec, "result_now": {"accuracy": 0.25, "loss": 1.0}}) == "no"
     assert bench_accuracy._sameness({**rec, "identical": True}) == "yes"
+
+
+def test_gift_and_lofit_are_paired_against_every_lora_rank(bench_accuracy):
+    """With lora (r=8) and lora_r32 in one task, GIFT and LoFiT rows get a paired difference against each; LoRA
+    ranks are not paired with each other and other methods against none."""
+    def run(method, seed, acc):
+        return {"part": "lm", "task": "t", "method": method, "phase": "test", "lr": 1e-3, "seed": seed,
+                "result": {"accuracy": acc}, "trainable_params": 1, "head_params": 0, "train_examples": 8,
+                "test_examples": 8, "majority": 0.25, "steps": 2}
+
+    runs = [run(m, s, acc + 0.01 * s * (i + 1)) for i, (m, acc) in enumerate(
+        [("gift_r16", 0.5), ("lora", 0.4), ("lora_r32", 0.45), ("lofit", 0.3), ("ia3", 0.42)]) for s in range(3)]
+    pairs = {(d["a"], d["b"]): d["mean"] for d in bench_accuracy.aggregate(runs)["paired"]}
+    assert set(pairs) == {("gift_r16", "lora"), ("gift_r16", "lora_r32"), ("lofit", "lora"), ("lofit", "lora_r32")}
+    assert pairs[("gift_r16", "lora_r32")] == pytest.approx(0.5 + 0.01 - (0.45 + 0.03), abs=1e-9)
