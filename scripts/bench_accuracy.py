@@ -128,11 +128,12 @@ METHOD_NAMES = (f"gift_r<rank>[_o][_wegeft], lora[_r<rank>], {', '.join(sorted(L
 def grid_key(method: str) -> str:
     """The LR_GRID entry of a method name of the study (``gift_r32`` → ``gift``, ``lofit_random`` → ``lofit``,
     ``lora_r32_lpft`` → ``lora``)."""
-    method = method.removesuffix(LPFT)
-    for prefix in ("gift_r", "lofit", "lora"):
-        if method.startswith(prefix):
-            return prefix.removesuffix("_r")
-    return method
+    base = method.removesuffix(LPFT)
+    key = ("gift" if GIFT_NAME.fullmatch(base) else "lora" if LORA_NAME.fullmatch(base)
+           else "lofit" if base == "lofit_random" else base)
+    if key not in LR_GRID:
+        raise ValueError(f"unknown method {method!r}; known: {METHOD_NAMES}")
+    return key
 
 
 def method_entry(method: str, model_path: str, lr: float, seed: int, steps: int) -> dict | None:
@@ -386,7 +387,8 @@ def run_part(part: str, args, runs_path: Path) -> None:
             if method == "zero_shot":
                 run(task, model, data, method, "test", None, 0)
                 continue
-            grid = list(LR_GRID[grid_key(method)][1:3] if args.quick else LR_GRID[grid_key(method)])
+            grid = LR_GRID[grid_key(method)]
+            grid = list(grid[1:3] if args.quick else grid)
             ratio = grid[1] / grid[0]
 
             dev_part = dev_data(data, train_examples)

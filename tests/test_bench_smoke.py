@@ -212,6 +212,10 @@ def test_accuracy_method_names(tmp_path, bench_accuracy):
     for bad in ("gift_r8_x", "gift_rx", "gift_r8_wegeft_o", "lora_r", "lora_32"):
         with pytest.raises(ValueError, match="gift_r<rank>"):
             bench_accuracy.method_entry(bad, bert, 1e-3, 0, 8)
+        with pytest.raises(ValueError, match="gift_r<rank>"):  # refused before its learning-rate grid is looked up
+            bench_accuracy.grid_key(bad)
+    with pytest.raises(ValueError, match="gift_r<rank>"):
+        bench_accuracy.grid_key("lora_x_lpft")
 
 
 def test_reproduced_result_comparison(bench_accuracy):
