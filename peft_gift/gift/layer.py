@@ -20,16 +20,33 @@ from ..input_edit import InputEditLayer
 MAX_INVERTIBLE_CONDITION = 10.0
 
 
+class SharedTheta(nn.ParameterDict):
+    """One factor (φ or ψ) of one adapter for every sharing group: ``{group: Parameter}``, held by the `GiftModel`
+    tuner (``gift_phi[adapter]``, ``gift_psi[adapter]``) and used by every layer of each group.
+
+    Layers read a factor by *calling* this module, ``container(group)``, never by indexing it: a call runs the hooks
+    that accelerate (``cpu_offload``, ``dispatch_model`` with offloading) attaches to modules with parameters, so an
+    offloaded Θ is materialised around its use exactly as a layer's own weight is."""
+
+    __call__ = nn.Module.__call__  # nn.ParameterDict refuses calls
+
+    def forward(self, group: str) -> nn.Parameter:
+        return self[group]
+
+
 class GiftLayer(InputEditLayer):
     """Mixin for layers adapted by GIFT: Ŵ = W (I + Σ_a s_a φ_a ψ_a) over the active adapters a.
 
     Θ_a = (φ_a, ψ_a) is *not* registered here: it lives once per sharing group on the `GiftModel` tuner
-    (``gift_phi[adapter][group]``, ``gift_psi[adapter][group]``). Per adapter, the layer holds a view of that
-    adapter's two group containers (``gift_theta[adapter]``), its group name, the scale s and the dropout module, all
-    set together by `update_layer` — the only way an adapter enters a layer — so a layer cannot keep using Θ of a
-    tuner or load that is gone. ``gift_theta`` is not a registered submodule (the adapter file holds each Θ once, from
-    the tuner), yet it is listed in ``adapter_layer_names``, so PEFT's generic code sets Θ's ``requires_grad`` in
-    `set_adapter`/`set_requires_grad`/`disable_adapter` and reports Θ in `get_layer_status`/`get_model_status`.
+    (``gift_phi[adapter][group]``, ``gift_psi[adapter][group]``, `SharedTheta` containers) and may sit on another
+    device than this layer (a model split over devices): the forward pass uses it on the input's device, so the
+    gradient reaches Θ where it lives. Per adapter, the layer holds a view of that adapter's two group containers
+    (``gift_theta[adapter]``), its group name, the scale s and the dropout module, all set together by `update_layer`
+    — the only way an adapter enters a layer — so a layer cannot keep using Θ of a tuner or load that is gone.
+    ``gift_theta`` is not a registered submodule (the adapter file holds each Θ once, from the tuner), yet it is
+    listed in ``adapter_layer_names``, so PEFT's generic code sets Θ's ``requires_grad`` in
+    `set_adapter`/`set_requires_grad`/`disable_adapter` and reports Θ in `get_layer_status`/`get_model_status`. It
+    owns no tensor, so PEFT's per-layer device move (`_move_adapter_to_device_of_base_layer`) has nothing to move.
     """
 
     adapter_layer_names = ("gift_theta", "gift_dropout")
@@ -52,8 +69,7 @@ class GiftLayer(InputEditLayer):
         self.fan_in_fan_out = isinstance(self.get_base_layer(), Conv1D)  # Conv1D stores its weight as (in, out)
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, theta: tuple[nn.ParameterDict, nn.ParameterDict], group: str,
-                     config) -> None:
+    def update_layer(self, adapter_name: str, theta: tuple[SharedTheta, SharedTheta], group: str, config) -> None:
         """Attach adapter ``adapter_name``: its (φ, ψ) containers on the tuner, its group, scale and dropout."""
         self.gift_theta[adapter_name] = nn.ModuleDict({"phi": theta[0], "psi": theta[1]})
         self.gift_group[adapter_name] = group
@@ -62,9 +78,13 @@ class GiftLayer(InputEditLayer):
         self.set_adapter(self.active_adapters)
 
     def theta(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(φ, ψ) of ``adapter_name`` for this layer's group (φ: d_in×r, ψ: r×d_in)."""
+        """(φ, ψ) of ``adapter_name`` for this layer's group (φ: d_in×r, ψ: r×d_in), where the tuner keeps them."""
         group, theta = self.gift_group[adapter_name], self.gift_theta[adapter_name]
-        return theta["phi"][group], theta["psi"][group]
+        return theta["phi"](group), theta["psi"](group)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
+        """Nothing to move: the layer owns no adapter tensor. PEFT's version would move (and cast) the shared Θ of
+        every layer of the group to this layer's device; Θ stays on the tuner and forward brings it to the input."""
 
     # ---- exact merge / unmerge ---------------------------------------------------------------------------------
     def _low_rank_factors(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,8 +243,9 @@ class GiftLayer(InputEditLayer):
 
     # ---- forward -----------------------------------------------------------------------------------------------
     def _input_delta(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """s_a φ_a(ψ_a dropout_a(x)), computed in Θ's dtype."""
-        phi, psi = self.theta(adapter_name)
+        """s_a φ_a(ψ_a dropout_a(x)), computed in Θ's dtype on x's device (a differentiable move: Θ may live on
+        another device when the model is split over devices)."""
+        phi, psi = (t.to(x.device) for t in self.theta(adapter_name))
         h = self.gift_dropout[adapter_name](self._cast_input_dtype(x, psi.dtype))
         delta = (h @ psi.T) @ phi.T
         scaling = self.gift_scaling[adapter_name]

@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from ..targets import TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING
 from ..tuner import InputEditTuner
 from .config import GiftConfig
-from .layer import GiftLayer, Linear
+from .layer import GiftLayer, Linear, SharedTheta
 
 
 def _escape(part: str) -> str:
@@ -42,12 +42,12 @@ def _is_supported(base: nn.Module) -> bool:
 
 
 def _theta_containers(tuner, adapter_name: str, group: str, config: GiftConfig, in_features: int,
-                      weight: torch.Tensor) -> tuple[nn.ParameterDict, nn.ParameterDict]:
+                      weight: torch.Tensor) -> tuple[SharedTheta, SharedTheta]:
     """``adapter_name``'s (φ, ψ) group containers on ``tuner``, allocating Θ of ``group`` (on the base weight's
     device and dtype) the first time a layer of the group needs it."""
     for container in (tuner.gift_phi, tuner.gift_psi):
         if adapter_name not in container:
-            container[adapter_name] = nn.ParameterDict()
+            container[adapter_name] = SharedTheta()
     phi_dict, psi_dict = tuner.gift_phi[adapter_name], tuner.gift_psi[adapter_name]
     if group not in phi_dict:
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
