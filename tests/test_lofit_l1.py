@@ -1,5 +1,7 @@
-"""LoFiT's L1 term λ·Σ|A|: applied through A's gradient once per optimizer step, whatever computes the loss (plain
-loop, gradient accumulation, HF Trainer, TRL SFTTrainer, layers injected without a PeftModel), never in a loss value."""
+"""LoFiT's L1 term λ·Σ|A|: added to A's gradient by the optimizer step, once per step, whatever computes the loss
+(plain loop with several torch.optim optimizers, gradient accumulation, two forwards per backward, gradient
+checkpointing, torch.compile, HF Trainer, TRL SFTTrainer, layers injected without a PeftModel), never in a loss value.
+The reference is the λ = 0 twin whose loss gets λ·Σ|A| added once per step."""
 
 from __future__ import annotations
 
@@ -39,37 +41,75 @@ def _task_loss(pm, batch):
     return pm(**batch, labels=batch["input_ids"]).loss
 
 
-@pytest.mark.parametrize("task_type", [None, "CAUSAL_LM"])
-def test_gradient_is_that_of_loss_plus_penalty_and_loss_value_excludes_it(task_type):
-    pm, ref = _pair(task_type=task_type)
-    batch = text_inputs(2, 8)
-    loss = _task_loss(pm, batch)
-    ref_loss = _task_loss(ref, batch)
-    torch.testing.assert_close(loss, ref_loss)  # the reported loss is the task loss only
-    loss.backward()
-    (ref_loss + ref.base_model.l1_penalty(l1_lambda=LAM)).backward()
-    got, want = _scales(pm), _scales(ref)
+def _after_one_step(pm, backward, optimizer_cls=torch.optim.SGD, steps=1):
+    """A after ``steps`` ``optimizer_cls`` steps, each with the gradient ``backward(pm)`` builds (any number of
+    backward passes). SGD by default: its step is linear in the gradient, so a term counted twice shows (Adam's
+    first step, g/|g|, would hide it)."""
+    optimizer = optimizer_cls([p for p in pm.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        backward(pm)
+        optimizer.step()
+    return {n: p.detach().clone() for n, p in _scales(pm).items()}
+
+
+def _assert_same_scales(got, want):
     assert len(got) == 2
     for name in got:
-        torch.testing.assert_close(got[name].grad, want[name].grad, atol=1e-6, rtol=1e-5)
-    sum_abs = sum(p.abs().sum() for p in got.values())
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5)
+
+
+def _penalty_in_loss(ref):
+    """The reference objective's extra term: λ·Σ|A| added to the loss once per step (config λ = 0)."""
+    return ref.base_model.l1_penalty(l1_lambda=LAM)
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.AdamW, torch.optim.Adagrad])
+@pytest.mark.parametrize("task_type", [None, "CAUSAL_LM"])
+def test_step_equals_loss_plus_penalty_and_loss_value_excludes_it(task_type, optimizer_cls):
+    pm, ref = _pair(task_type=task_type)
+    batch = text_inputs(2, 8)
+    torch.testing.assert_close(_task_loss(pm, batch), _task_loss(ref, batch))  # the reported loss is the task loss
+    got = _after_one_step(pm, lambda m: _task_loss(m, batch).backward(), optimizer_cls, steps=3)
+    want = _after_one_step(ref, lambda m: (_task_loss(m, batch) + _penalty_in_loss(m)).backward(), optimizer_cls,
+                           steps=3)
+    _assert_same_scales(got, want)
+    sum_abs = sum(p.abs().sum() for p in _scales(pm).values())
     torch.testing.assert_close(pm.l1_penalty(), LAM * sum_abs)  # the documented way to log it
+
+
+def test_backward_leaves_the_gradient_to_the_data_term():
+    """Nothing happens in backward: the gradient of A is the data term's until the optimizer steps."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    _task_loss(pm, batch).backward()
+    _task_loss(ref, batch).backward()
+    for name, param in _scales(pm).items():
+        torch.testing.assert_close(param.grad, _scales(ref)[name].grad, rtol=0, atol=0)
 
 
 def test_penalty_counted_once_per_step_under_gradient_accumulation():
     pm, ref = _pair()
     batches = [text_inputs(2, 8, seed=s) for s in range(3)]
-    for batch in batches:
-        (_task_loss(pm, batch) / 3).backward()
-    ref_objective = sum(_task_loss(ref, b) for b in batches) / 3 + ref.base_model.l1_penalty(l1_lambda=LAM)
-    ref_objective.backward()
-    got, want = _scales(pm), _scales(ref)
-    for name in got:
-        torch.testing.assert_close(got[name].grad, want[name].grad, atol=1e-6, rtol=1e-5)
-    # after zero_grad the next step gets the term again
-    pm.zero_grad()
-    _task_loss(pm, batches[0]).backward()
-    assert all(torch.isfinite(p.grad).all() for p in got.values())
+
+    def accumulate(m, penalty=False):
+        for batch in batches:
+            (_task_loss(m, batch) / 3).backward()
+        if penalty:
+            _penalty_in_loss(m).backward()
+
+    _assert_same_scales(_after_one_step(pm, accumulate), _after_one_step(ref, lambda m: accumulate(m, True)))
+    # later steps get the term again (once each)
+    _assert_same_scales(_after_one_step(pm, accumulate, steps=2), _after_one_step(ref, lambda m: accumulate(m, True), steps=2))
+
+
+def test_two_forwards_summed_into_one_backward_count_the_penalty_once():
+    """Contrastive / siamese steps: two forward passes, one loss, one backward."""
+    pm, ref = _pair()
+    a, b = text_inputs(2, 8, seed=1), text_inputs(2, 8, seed=2)
+    got = _after_one_step(pm, lambda m: (_task_loss(m, a) + _task_loss(m, b)).backward())
+    want = _after_one_step(ref, lambda m: (_task_loss(m, a) + _task_loss(m, b) + _penalty_in_loss(m)).backward())
+    _assert_same_scales(got, want)
 
 
 def test_no_penalty_in_eval_loss_nor_when_disabled():
@@ -86,17 +126,56 @@ def test_no_penalty_in_eval_loss_nor_when_disabled():
         assert not _task_loss(pm, batch).requires_grad  # A is not used, so no gradient and no penalty reach it
 
 
+def test_optimizer_without_lofit_parameters_is_untouched():
+    pm, _ = _pair()
+    other = torch.nn.Parameter(torch.ones(3))
+    other.grad = torch.zeros(3)
+    torch.optim.SGD([other], lr=1.0).step()
+    torch.testing.assert_close(other.detach(), torch.ones(3))
+
+
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_gradient_checkpointing(use_reentrant):
     pm, ref = _pair()
-    pm.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
-    pm.enable_input_require_grads()
+    for m in (pm, ref):
+        m.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        m.enable_input_require_grads()
     batch = text_inputs(2, 8)
-    _task_loss(pm, batch).backward()
-    (_task_loss(ref, batch) + ref.base_model.l1_penalty(l1_lambda=LAM)).backward()
-    got, want = _scales(pm), _scales(ref)
-    for name in got:
-        torch.testing.assert_close(got[name].grad, want[name].grad, atol=1e-6, rtol=1e-5)
+    got = _after_one_step(pm, lambda m: _task_loss(m, batch).backward())
+    want = _after_one_step(ref, lambda m: (_task_loss(m, batch) + _penalty_in_loss(m)).backward())
+    _assert_same_scales(got, want)
+
+
+def test_compiled_forward():
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    compiled = torch.compile(pm, backend="aot_eager")
+    got = _after_one_step(pm, lambda m: _task_loss(compiled, batch).backward())
+    want = _after_one_step(ref, lambda m: (_task_loss(m, batch) + _penalty_in_loss(m)).backward())
+    _assert_same_scales(got, want)
+
+
+def test_torch_func_grad_gives_the_data_gradient():
+    """A functional gradient of a stage-1 model works (no custom autograd Function in the forward) and is that of
+    the task loss; the documented way to include the term there is l1_penalty in the loss."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    params = {n: p.detach() for n, p in pm.named_parameters() if p.requires_grad}
+
+    def loss_fn(p, with_penalty):
+        loss = torch.func.functional_call(pm, p, kwargs={**batch, "labels": batch["input_ids"]}).loss
+        if with_penalty:
+            loss = loss + LAM * sum(v.abs().sum() for v in p.values())
+        return loss
+
+    grads = torch.func.grad(loss_fn)(params, False)
+    _task_loss(ref, batch).backward()
+    for name, param in ref.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(grads[name], param.grad, atol=1e-6, rtol=1e-5)
+    with_penalty = torch.func.grad(loss_fn)(params, True)
+    for name, value in params.items():
+        torch.testing.assert_close(with_penalty[name] - grads[name], LAM * value.sign(), atol=1e-6, rtol=1e-5)
 
 
 def _one_step_each(train):
@@ -161,17 +240,17 @@ def _tiny_tokenizer():
 
 def test_layers_injected_without_a_peft_model_keep_the_penalty():
     """``inject_adapter_in_model`` (what transformers' adapter API uses) throws the tuner away."""
-    torch.manual_seed(1)
-    model = inject_adapter_in_model(LofitConfig(mode="scale", l1_lambda=LAM, init_std=0.2), tiny_llama())
-    model.train()
     batch = text_inputs(2, 8)
-    model(**batch, labels=batch["input_ids"]).loss.backward()
-    torch.manual_seed(1)
-    plain = inject_adapter_in_model(LofitConfig(mode="scale", l1_lambda=0.0, init_std=0.2), tiny_llama())
-    plain.train()
-    plain(**batch, labels=batch["input_ids"]).loss.backward()
-    layers = [m for m in model.modules() if isinstance(m, LofitLayer)]
-    plain_layers = [m for m in plain.modules() if isinstance(m, LofitLayer)]
-    for layer, ref_layer in zip(layers, plain_layers):
-        a = layer.lofit_head_scale["default"].weight
-        torch.testing.assert_close(a.grad, ref_layer.lofit_head_scale["default"].weight.grad + LAM * a.detach().sign())
+    after = []
+    for lam in (LAM, 0.0):
+        torch.manual_seed(1)
+        model = inject_adapter_in_model(LofitConfig(mode="scale", l1_lambda=lam, init_std=0.2), tiny_llama()).train()
+        scales = [m.lofit_head_scale["default"].weight for m in model.modules() if isinstance(m, LofitLayer)]
+        start = [a.detach().clone() for a in scales]
+        optimizer = torch.optim.SGD(scales, lr=0.5)
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        optimizer.step()
+        after.append([a.detach().clone() for a in scales])
+    assert len(start) == 2
+    for with_l1, without, a0 in zip(*after, start):
+        torch.testing.assert_close(with_l1 - without, -0.5 * LAM * a0.sign(), atol=1e-6, rtol=1e-4)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Optional
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers.pytorch_utils import Conv1D
 
 from ..input_edit import InputEditLayer
@@ -17,27 +19,47 @@ from ..input_edit import InputEditLayer
 _MIN_INVERTIBLE_SCALE = 1e-3
 
 
-class _WithL1Gradient(torch.autograd.Function):
-    """Identity on a scale tensor A whose backward adds λ·sign(A) = ∂(λ·Σ|A|)/∂A to A's gradient once per optimizer
-    step: only in the first backward since the gradients were zeroed (``A.grad`` None or all zero).
+# Layers holding a scale adapter with λ > 0 (weakly: a deleted model drops out by itself).
+_PENALISED_LAYERS: weakref.WeakSet[LofitLayer] = weakref.WeakSet()
+_STEP_HOOK = None
 
-    So LoFiT's L1 term acts however the loss is computed (HF Trainer, TRL, a custom loop), is counted once per step
-    under gradient accumulation (however the micro-batch losses are scaled), works with gradient checkpointing, and
-    never enters a reported loss value. It cannot see a loss scale: with fp16 ``GradScaler`` the term is divided by
-    the scale (use bf16, or set the config's ``l1_lambda=0`` and add ``LofitModel.l1_penalty(l1_lambda=λ)`` to the
-    loss yourself)."""
 
-    @staticmethod
-    def forward(ctx, scale: torch.Tensor, l1_lambda: float) -> torch.Tensor:
-        ctx.scale, ctx.l1_lambda = scale, l1_lambda
-        return scale.clone()
+def add_l1_subgradient(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """LoFiT's L1 term, tied to the optimizer step: a global ``torch.optim.Optimizer`` step pre-hook that, just before
+    any optimizer updates its parameters, adds λ·sign(A) = ∂(λ·Σ|A|)/∂A to the gradient of every penalised LoFiT scale
+    tensor A it updates (those with a gradient this step).
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        scale = ctx.scale
-        if scale.grad is None or not bool(scale.grad.any()):
-            grad = grad + ctx.l1_lambda * torch.sign(scale.detach()).to(grad.dtype)
-        return grad, None
+    So the term is applied exactly once per optimizer step however the loss was computed and how many backward passes
+    built the gradient (HF Trainer, TRL, custom loops with any ``torch.optim`` optimizer, gradient accumulation, two
+    forwards per backward, gradient checkpointing, ``torch.compile``d forwards, FSDP2's sharded ``DTensor``
+    parameters), after a ``GradScaler`` unscaled the gradients and after gradient clipping; it is never part of a
+    loss value, adds no work to the backward pass and needs no host synchronisation. Functional gradients
+    (``torch.func.grad``) and optimizers that are not ``torch.optim.Optimizer``s (DeepSpeed's ZeRO optimizers
+    update flat copies of the parameters) do not see it: set ``l1_lambda=0`` there and add
+    ``LofitModel.l1_penalty(l1_lambda=λ)`` to the loss yourself."""
+    if not _PENALISED_LAYERS:
+        return
+    lambdas = {}
+    for layer in list(_PENALISED_LAYERS):
+        for name, l1_lambda in layer.lofit_l1_lambda.items():
+            if l1_lambda > 0 and name in layer.lofit_head_scale:
+                lambdas[id(layer.lofit_head_scale[name].weight)] = l1_lambda
+    if not lambdas:
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                l1_lambda = lambdas.get(id(param))
+                if l1_lambda is not None and param.grad is not None:
+                    param.grad.add_(torch.sign(param.detach()).to(param.grad.dtype), alpha=l1_lambda)
+
+
+def _penalise(layer: LofitLayer) -> None:
+    """Register ``layer`` (it holds a scale adapter with λ > 0) with the step hook, installing the hook once."""
+    global _STEP_HOOK
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_pre_hook(add_l1_subgradient)
+    _PENALISED_LAYERS.add(layer)
 
 
 class HeadVectors(nn.Module):
@@ -120,6 +142,8 @@ class LofitLayer(InputEditLayer):
         self.head_shapes[adapter_name] = (num_heads, head_dim)
         if mode == "scale":
             self.lofit_l1_lambda[adapter_name] = float(l1_lambda)
+            if l1_lambda > 0:
+                _penalise(self)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
@@ -160,11 +184,7 @@ class LofitLayer(InputEditLayer):
         scale = offset = None
         for name in adapter_names:
             if name in self.lofit_head_scale:
-                values = self.lofit_head_scale[name].weight
-                l1_lambda = self.lofit_l1_lambda.get(name, 0.0)
-                if l1_lambda > 0 and values.requires_grad and torch.is_grad_enabled():
-                    values = _WithL1Gradient.apply(values, l1_lambda)
-                s = self._expand(name, 1.0 + values, 1.0)
+                s = self.get_scale_vector(name)
                 scale = s if scale is None else scale * s
             elif name in self.lofit_head_offset:
                 v = self.get_offset_vector(name)

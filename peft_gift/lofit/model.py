@@ -58,9 +58,10 @@ class LofitModel(InputEditTuner):
     columns and offsets into b (b += W_o[:, head] v_h; a zero bias is created where missing and, for Llama-style
     configs, ``attention_bias`` is switched on with zero q/k/v biases so that a saved merged model reloads).
 
-    The L1 term enters through the gradient of A (once per optimizer step, see ``layer._WithL1Gradient``), so it
-    acts whatever computes the loss (HF Trainer, TRL, custom loops) and is never part of a reported loss;
-    [`l1_penalty`] returns its value for logging or for a custom objective.
+    The L1 term is added to A's gradient by the optimizer step (a ``torch.optim`` step pre-hook, see
+    ``layer.add_l1_subgradient``), once per step, so it acts whatever computes the loss (HF Trainer, TRL, custom
+    loops) and is never part of a reported loss; [`l1_penalty`] returns its value for logging or for a custom
+    objective.
     """
 
     prefix: str = "lofit_"
@@ -226,9 +227,9 @@ class LofitModel(InputEditTuner):
     def l1_penalty(self, adapter_names: Optional[list[str]] = None, l1_lambda: Optional[float] = None) -> torch.Tensor:
         """The value of LoFiT's stage-1 regulariser ``sum_a lambda_a * sum |A_a|`` over the scale adapters (default:
         the active ones), as a differentiable scalar; ``l1_lambda`` overrides each adapter's ``config.l1_lambda``.
-        Offset adapters contribute nothing. A config with ``l1_lambda > 0`` already applies the term through A's
-        gradient during training, so use this to log it (e.g. next to the loss), or for a custom objective with
-        ``l1_lambda=0`` in the config."""
+        Offset adapters contribute nothing. A config with ``l1_lambda > 0`` already applies the term at every
+        ``torch.optim`` optimizer step, so use this to log it (e.g. next to the loss), or for a custom objective with
+        ``l1_lambda=0`` in the config (functional gradients, DeepSpeed's ZeRO optimizers)."""
         names = self.active_adapters if adapter_names is None else (
             [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         )
