@@ -7,7 +7,8 @@
     # the single-process reference (same global batch of 4)
     python scripts/fsdp_trainer_check.py --out /tmp/f
 
-Each run trains 3 AdamW steps (lr 1e-2) on the same 4 sequences (global batch 4: 2 per rank on 2 ranks), then saves
+Each run trains 3 AdamW steps (lr 1e-2) on the same 4 sequences (global batch 4: 2 per rank on 2 ranks, or 1 per rank
+and micro-batch with ``--accumulation 2``), then saves
 the adapter with ``trainer.save_model`` (FSDP2: full state dict gathered, written by rank 0) to
 ``<out>/<method>-<tag>/`` and the losses to ``<out>/<method>-<tag>.json``; ``tag`` is ``fsdp<world>`` or ``single``.
 """
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
                         help="FSDP2 through TrainingArguments (for torchrun; accelerate launch sets it from its config)")
     parser.add_argument("--deepspeed", type=int, choices=(1, 2, 3), default=None,
                         help="DeepSpeed ZeRO stage through the Trainer (DS_ACCELERATOR=cpu on CPU; experimental)")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="gradient accumulation steps (the global batch stays 4: per-device batch shrinks)")
     parser.add_argument("--cpu-fsdp", action="store_true",
                         help="on CPU, make accelerate keep its FSDP plugin (it silently falls back to DDP otherwise)")
     args = parser.parse_args(argv)
@@ -124,7 +127,8 @@ def main(argv=None) -> int:
         model = build(method)
         targs = TrainingArguments(
             output_dir=os.path.join(args.out, f"trainer-{method}-{tag}"), max_steps=3, learning_rate=1e-2,
-            per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="constant", warmup_steps=0,
+            per_device_train_batch_size=GLOBAL_BATCH // (world * args.accumulation),
+            gradient_accumulation_steps=args.accumulation, lr_scheduler_type="constant", warmup_steps=0,
             weight_decay=0.0, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to="none",
             seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
             ddp_backend="gloo" if world > 1 else None, **{"use_cpu": True, **fsdp_kwargs, **ds_kwargs})

@@ -1,4 +1,5 @@
-"""FSDP2 through accelerate's plugin and the HF Trainer on CPU (gloo, 2 ranks): GIFT and LoFiT stage 1.
+"""FSDP2 through accelerate's plugin and the HF Trainer on CPU (gloo, 2 ranks, 2 accumulated micro-batches per step):
+GIFT and LoFiT stage 1 (L1 term).
 
 `scripts/fsdp_trainer_check.py` trains 3 AdamW steps on a fixed global batch of 4 with the Trainer and saves the
 adapter with ``trainer.save_model`` (FSDP2: full state dict gathered, written by rank 0); the single-process run is
@@ -41,7 +42,8 @@ def _torchrun():
 def runs(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("fsdp_trainer"))
     _run([sys.executable, SCRIPT, "--out", out])
-    _run(_torchrun() + [SCRIPT, "--fsdp", "--cpu-fsdp", "--out", out])
+    # FSDP2 with gradient accumulation (2 ranks x 1 sequence x 2 micro-batches): LoFiT's L1 term once per step
+    _run(_torchrun() + [SCRIPT, "--fsdp", "--cpu-fsdp", "--accumulation", "2", "--out", out])
     return out
 
 
