@@ -5,6 +5,7 @@
 """
 
 from . import _registry
+from .export import export_lora
 from .gift import GiftConfig, GiftModel
 from .hub import push_to_hub, write_model_card
 from .lofit import LofitConfig, LofitModel, lofit_stage2_config, select_heads
@@ -15,6 +16,6 @@ _registry.register("gift", GiftConfig, GiftModel)
 _registry.register("lofit", LofitConfig, LofitModel)
 
 __all__ = [
-    "GiftConfig", "GiftModel", "LofitConfig", "LofitModel", "lofit_stage2_config", "push_to_hub", "select_heads",
-    "write_model_card", "__version__",
+    "GiftConfig", "GiftModel", "LofitConfig", "LofitModel", "export_lora", "lofit_stage2_config", "push_to_hub",
+    "select_heads", "write_model_card", "__version__",
 ]
