@@ -87,13 +87,14 @@ class GiftLayer(InputEditLayer):
         every layer of the group to this layer's device; Θ stays on the tuner and forward brings it to the input."""
 
     # ---- exact merge / unmerge ---------------------------------------------------------------------------------
-    def _low_rank_factors(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """U (d_in×R), V (R×d_in) in float64 with I + U V = I + Σ_a s_a φ_a ψ_a."""
+    def _low_rank_factors(self, adapter_names: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """U (d_in×R), V (R×d_in) in float64 on ``device`` (the weight's: Θ may live on another device when the
+        model is split over devices) with I + U V = I + Σ_a s_a φ_a ψ_a."""
         us, vs = [], []
         for name in adapter_names:
             phi, psi = self.theta(name)
-            us.append(phi.detach().double() * self.gift_scaling[name])
-            vs.append(psi.detach().double())
+            us.append(phi.detach().to(device, torch.float64) * self.gift_scaling[name])
+            vs.append(psi.detach().to(device, torch.float64))
         return torch.cat(us, dim=1), torch.cat(vs, dim=0)
 
     def _weight_as_out_in(self) -> torch.Tensor:
@@ -110,7 +111,7 @@ class GiftLayer(InputEditLayer):
         weight = self._weight_as_out_in().double()
         if not self.merged_adapters:
             return weight
-        u, v = self._low_rank_factors(self.merged_adapters)
+        u, v = self._low_rank_factors(self.merged_adapters, weight.device)
         eye = torch.eye(v.shape[0], dtype=torch.float64, device=v.device)
         return weight - torch.linalg.solve((eye + v @ u).T, (weight @ u).T).T @ v
 
@@ -180,7 +181,7 @@ class GiftLayer(InputEditLayer):
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW_a = s_a · (W φ_a) ψ_a for the unmerged W, in the base layer's weight layout and dtype."""
         weight = self.unmerged_weight()
-        u, v = self._low_rank_factors([adapter_name])
+        u, v = self._low_rank_factors([adapter_name], weight.device)
         delta = (weight @ u) @ v
         delta = delta.T if self.fan_in_fan_out else delta
         return delta.to(self._base_dtype())
@@ -195,7 +196,7 @@ class GiftLayer(InputEditLayer):
             return
         self._check_quantized_merge()
         weight = self.unmerged_weight()
-        u, v = self._low_rank_factors(self.merged_adapters + adapter_names)
+        u, v = self._low_rank_factors(self.merged_adapters + adapter_names, weight.device)
         merged = self._as_base_weight(weight + (weight @ u) @ v)
         if safe_merge and not torch.isfinite(merged).all():
             raise ValueError(
