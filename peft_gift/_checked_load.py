@@ -6,29 +6,42 @@ file that does not match the adapter: missing or unexpected tensors (another ada
 wrong shapes, non-float dtypes, NaN/inf. The check runs in PEFT's ``_remap_adapter_state_dict_for_load`` hook, before
 any value is copied, so a refused file changes no existing adapter. An adapter that the failing ``from_pretrained`` /
 ``load_adapter`` call (of `PeftModel` or `PeftMixedModel`) itself created is removed again (for the only adapter: the
-tuner layers are unloaded and the base model's ``requires_grad`` flags and tags restored).
+tuner layers are unloaded and the base model's ``requires_grad`` flags and tags restored). Which adapters a call
+created is recorded while it runs: `loading_call` wraps those entry points (`peft_gift._registry` installs it) and our
+tuners note each adapter they inject during such a call.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from contextvars import ContextVar
+from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
 
+# (tuner, adapter name) of every adapter our tuners injected during the PEFT loading call now running (None outside)
+_CREATED_BY_LOAD: ContextVar[Optional[list]] = ContextVar("peft_gift_created_by_load", default=None)
 
-def _peft_loading_frames() -> list[int]:
-    """ids of the frames of ``PeftModel.from_pretrained`` / ``PeftModel.load_adapter`` calls now on the stack."""
-    from peft import PeftMixedModel, PeftModel
 
-    codes = {PeftModel.from_pretrained.__func__.__code__, PeftModel.load_adapter.__code__,
-             PeftMixedModel.from_pretrained.__func__.__code__}
-    frames, frame = [], sys._getframe(1)
-    while frame is not None:
-        if frame.f_code in codes:
-            frames.append(id(frame))
-        frame = frame.f_back
-    return frames
+def loading_call(load):
+    """Wrap a PEFT loading entry point (``PeftModel.from_pretrained`` / ``load_adapter``,
+    ``PeftMixedModel.from_pretrained``) so that the adapters created during the outermost such call are known until it
+    returns or raises, and no longer."""
+
+    @functools.wraps(load)
+    def wrapper(*args, **kwargs):
+        if _CREATED_BY_LOAD.get() is not None:  # nested: from_pretrained calls load_adapter
+            return load(*args, **kwargs)
+        token = _CREATED_BY_LOAD.set([])
+        try:
+            return load(*args, **kwargs)
+        finally:
+            _CREATED_BY_LOAD.reset(token)
+
+    wrapper.peft_gift_loading_call = True
+    return wrapper
 
 
 def refuse_transformers_load_adapter(method: str) -> None:
@@ -53,14 +66,14 @@ def refuse_transformers_load_adapter(method: str) -> None:
 
 
 def note_injection(tuner, adapter_name: str) -> None:
-    """Record which PEFT loading call (if any) is creating ``adapter_name``, so that only that call rolls it back."""
-    frames = _peft_loading_frames()
-    tuner.__dict__.setdefault("_created_by_load", {})[adapter_name] = frames[0] if frames else None
+    """Record that ``tuner`` creates ``adapter_name``: inside a PEFT loading call, a refused file removes it again."""
+    created = _CREATED_BY_LOAD.get()
+    if created is not None:
+        created.append((tuner, adapter_name))
 
 
 def _created_by_this_load(tuner, adapter_name: str) -> bool:
-    creator = tuner.__dict__.get("_created_by_load", {}).get(adapter_name)
-    return creator is not None and creator in _peft_loading_frames()
+    return any(t is tuner and name == adapter_name for t, name in _CREATED_BY_LOAD.get() or ())
 
 
 def snapshot_base_state(tuner, model) -> None:
@@ -97,13 +110,16 @@ def _is_auxiliary_key(key: str, adapter_name: str) -> bool:
     )
 
 
-def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what: str) -> dict:
+def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what: str, prefix: str) -> dict:
     """Raise ``ValueError`` naming every mismatch between ``remapped`` (checkpoint keys already mapped to model keys)
     and the adapter ``adapter_name`` of ``peft_model``, after rolling back an adapter this load created. ``what``
-    names the adapter and its config in the message, e.g. ``"GIFT adapter 'default' (r=4, sharing='module')"``.
-    Returns ``remapped``."""
+    names the adapter and its config in the message, e.g. ``"GIFT adapter 'default' (r=4, sharing='module')"``;
+    ``prefix`` is its method's attribute prefix (``"gift_"``): tensors of another method's adapter of the same name
+    (a base that still carries LoRA layers) are not part of this file. Returns ``remapped``."""
     own = peft_model.state_dict()
-    expected = _filter_state_dict_by_key_prefixes(own, _get_tuner_state_dict_key_prefixes(peft_model, adapter_name))
+    prefixes = {p for p in _get_tuner_state_dict_key_prefixes(peft_model, adapter_name)
+                if p.removesuffix(f".{adapter_name}").rpartition(".")[2].startswith(prefix)}
+    expected = _filter_state_dict_by_key_prefixes(own, prefixes)
     expected.update({k: v for k, v in own.items() if _is_auxiliary_key(k, adapter_name)})
     problems = []
     missing = sorted(set(expected) - set(remapped))
@@ -126,8 +142,4 @@ def check_adapter_state_dict(peft_model, adapter_name: str, remapped: dict, what
             f"Cannot load {what}: the adapter file does not match its adapter_config.json and this model: "
             + "; ".join(problems) + "."
         )
-    from peft import PeftMixedModel, PeftModel
-
-    if isinstance(peft_model, (PeftModel, PeftMixedModel)):  # the adapter holds loaded weights: no later rollback
-        peft_model.base_model.__dict__.get("_created_by_load", {}).pop(adapter_name, None)
     return remapped

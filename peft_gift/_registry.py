@@ -4,8 +4,10 @@ PEFT's `register_peft_method` only accepts names that are already members of the
 `peft.utils.peft_types.PeftType`, and peft has no plugin discovery. So we add real enum members (``GIFT``,
 ``LOFIT``) and then register our config/model classes. `PeftMixedModel` accepts a fixed tuple of types and builds
 PEFT's `MixedModel` by name, so `allow_in_peft_mixed_model` extends that tuple and points `PeftMixedModel` at
-`peft_gift.mixed.MixedModel` (PEFT's class extended to host our adapters). Every step is idempotent: importing
-twice or `importlib.reload`-ing the package re-registers the current classes without duplicating anything.
+`peft_gift.mixed.MixedModel` (PEFT's class extended to host our adapters). `track_loading_calls` wraps PEFT's loading
+entry points so that a refused adapter file removes exactly the adapters that the failing call created (see
+`peft_gift._checked_load`). Every step is idempotent: importing twice or `importlib.reload`-ing the package
+re-registers the current classes without duplicating anything.
 """
 
 from __future__ import annotations
@@ -71,6 +73,24 @@ def register(name: str, config_cls: type, model_cls: type) -> None:
     register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=f"{name}_",
                          is_mixed_compatible=True)
     allow_in_peft_mixed_model(peft_type, model_cls)
+    track_loading_calls()
+
+
+def track_loading_calls() -> None:
+    """Wrap ``PeftModel.from_pretrained`` / ``load_adapter`` and ``PeftMixedModel.from_pretrained`` (whose
+    ``load_adapter`` calls ``PeftModel``'s) with `_checked_load.loading_call`; a wrapper already there is replaced."""
+    from peft import PeftMixedModel, PeftModel
+
+    from ._checked_load import loading_call
+
+    entry_points = ((PeftModel, "from_pretrained"), (PeftModel, "load_adapter"), (PeftMixedModel, "from_pretrained"))
+    for cls, name in entry_points:
+        attr = cls.__dict__[name]
+        func = attr.__func__ if isinstance(attr, classmethod) else attr
+        if getattr(func, "peft_gift_loading_call", False):
+            func = func.__wrapped__
+        wrapped = loading_call(func)
+        setattr(cls, name, classmethod(wrapped) if isinstance(attr, classmethod) else wrapped)
 
 
 def allow_in_peft_mixed_model(peft_type: PeftType, model_cls: type) -> None:

@@ -14,8 +14,9 @@ PEFT for every type):
     LoRA added after GIFT:   y = W(I + sφψ)x + (α/r)BAx
     GIFT added after LoRA:   y = (W + (α/r)BA)(I + sφψ)x
 
-`merge_and_unload()` merges nested layers inside out, so the merged weight is the same composition. Mixed-adapter
-batches (``adapter_names=``), saving and model cards are not supported by `PeftMixedModel` for any type.
+`merge_and_unload()` and `merge_adapter()` merge nested layers inside out, so the merged weight is the same
+composition, and `unmerge_adapter()` undoes them outside in. Mixed-adapter batches (``adapter_names=``), saving and
+model cards are not supported by `PeftMixedModel` for any type.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Optional, Union
 
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.mixed import MixedModel as PeftMixedTuner
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, onload_layer
 
 from .lofit.model import loadable_biases
+from .targets import candidate_modules
 from .tuner import InputEditTuner, injection
 
 
@@ -93,3 +95,30 @@ class MixedModel(PeftMixedTuner):
     def _unload_and_optionally_merge(self, *args, **kwargs):
         with loadable_biases(self.model):
             return super()._unload_and_optionally_merge(*args, **kwargs)
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """Merge nested layers inside out: a layer wrapping another adapter's layer acts on that layer's effective
+        weight (GIFT outside LoRA: (W + ΔW)(I + sφψ); LoRA outside GIFT: W(I + sφψ) + ΔW), so the inner layer merges
+        first and the outer one merges into its result. PEFT's generic version merges the outer layer first, into the
+        innermost weight. A merged layer outside a layer that merges now is unmerged and merged again on top of it.
+        `unmerge_adapter` (outer layers first) needs no change."""
+        self._check_merge_allowed()
+        for _, outer in candidate_modules(self.model):
+            if not isinstance(outer, BaseTunerLayer):
+                continue
+            chain = [outer]  # outermost first
+            while isinstance(chain[-1].base_layer, BaseTunerLayer):
+                chain.append(chain[-1].base_layer)
+            new = [[name for name in (layer.active_adapters if adapter_names is None else adapter_names)
+                    if name in layer._all_available_adapter_names() and name not in layer.merged_adapters]
+                   for layer in chain]
+            changed = [index for index, names in enumerate(new) if names]
+            for index, layer in enumerate(chain[: changed[-1]] if changed else []):
+                if layer.merged:
+                    new[index] = layer.merged_adapters + new[index]
+                    with onload_layer(layer):
+                        layer.unmerge()
+            for layer, names in reversed(list(zip(chain, new))):
+                if names:
+                    with onload_layer(layer):
+                        layer.merge(safe_merge=safe_merge, adapter_names=names)

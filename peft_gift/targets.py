@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
-from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTunerLayer, _ExcludedModule, check_target_module_exists
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
 
 _QV = ["q_proj", "v_proj"]
 # GIFT: the paper's settings: q and v of every attention block for language models; the attention output projection
@@ -97,3 +98,16 @@ def match_target(config, key: str, apply_layer_filter: bool = True):
     if layers is not None and layer_index_of(key, config.layers_pattern) not in layers:
         return False
     return result
+
+
+def candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of ``model`` that an adapter may target: as PEFT's ``inject_adapter``, without the root and
+    without anything inside a tuner layer (its base layer, an earlier adapter's containers such as
+    ``gift_dropout``); the tuner layer itself is a candidate (a new adapter is added to it or wraps it)."""
+    inside: tuple[str, ...] = ()
+    for name, module in model.named_modules():  # parents come before their children
+        if not name or name.startswith(inside):
+            continue
+        if isinstance(module, BaseTunerLayer):
+            inside += (name + ".",)
+        yield name, module

@@ -82,7 +82,7 @@ class InputEditTuner(BaseTuner):
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         what = f"{cls.method_name} adapter {adapter_name!r} ({cls._describe_config(config)})"
-        return check_adapter_state_dict(model, adapter_name, remapped, what)
+        return check_adapter_state_dict(model, adapter_name, remapped, what, cls.prefix)
 
 
 @contextmanager

@@ -2,13 +2,14 @@
 
 import copy
 import json
+import shutil
 import warnings
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_models import (
     gift_two_adapter_model,
     model_output,
@@ -18,6 +19,7 @@ from tiny_models import (
     tiny_gpt2,
     tiny_llama,
 )
+from torch import nn
 
 from peft_gift import GiftConfig
 from peft_gift.gift import GiftLayer
@@ -170,6 +172,33 @@ def test_add_existing_name_raises_and_failed_add_leaves_no_state():
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
+class _TwoLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.l2(self.l1(x))
+
+
+@pytest.mark.parametrize("method", ["gift", "lora"])
+def test_second_adapter_with_a_regex_target_skips_the_first_adapters_modules(method):
+    """``target_modules="l1.*"`` also matches what the first adapter put inside ``l1`` (``l1.gift_dropout``,
+    ``l1.base_layer``); PEFT never targets a tuner layer's submodules (its ``test_self_targeting_is_ignored``), and
+    GIFT's own check before injecting refused them."""
+    def config():
+        return (GiftConfig(r=2, target_modules="l1.*") if method == "gift"
+                else LoraConfig(r=2, target_modules="l1.*", init_lora_weights=False))
+
+    model = get_peft_model(_TwoLinears(), config())
+    model.add_adapter("other", config())
+    l1, l2 = model.base_model.model.l1, model.base_model.model.l2
+    assert isinstance(l1, BaseTunerLayer) and type(l1.base_layer) is nn.Linear and type(l2) is nn.Linear
+    assert {"default", "other"} <= set(l1._all_available_adapter_names())
+    model.base_model.set_adapter(["default", "other"])
+    model(torch.randn(2, 8))
+
+
 def test_unload_gives_base_model():
     base = tiny_llama()
     expected = model_output(base, text_inputs())
@@ -254,6 +283,56 @@ def test_load_under_other_names_and_substring_names(tmp_path):
             assert torch.equal(tensors[k], v)
     loaded.save_pretrained(tmp_path / "c", selected_adapters=["other_default"])
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["README.md", "other_default"]
+
+
+@pytest.mark.parametrize("method", ["gift", "lora"])
+def test_refused_load_keeps_an_adapter_left_by_an_earlier_failed_load(tmp_path, method):
+    """`load_adapter` from a folder without weights fails after creating the adapter (PEFT leaves it in place). A
+    later load under that name that fails must keep it: it existed before that call. (The rollback once took the
+    later call for the one that created the adapter: it compared stack-frame ids, which CPython reuses.)"""
+    config = GiftConfig(r=4) if method == "gift" else LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    model = get_peft_model(tiny_llama(), config)
+    model.save_pretrained(tmp_path / "good")
+    for folder in ("no_weights", "bad"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(tmp_path / "good" / "adapter_config.json", tmp_path / folder)
+    tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
+    save_file({k: torch.zeros(3, 3) for k in tensors}, tmp_path / "bad" / "adapter_model.safetensors")
+    with pytest.raises(ValueError):  # no adapter_model.* in the folder: PEFT looks for a Hub repo of that name
+        model.load_adapter(str(tmp_path / "no_weights"), adapter_name="new")
+    assert "new" in model.peft_config
+    model.set_adapter("new")
+    keys, before = set(model.state_dict()), model_output(model, text_inputs())
+    with pytest.raises((ValueError, RuntimeError), match="shape|size mismatch"):
+        model.load_adapter(str(tmp_path / "bad"), adapter_name="new")
+    assert set(model.peft_config) == {"default", "new"} and set(model.state_dict()) == keys
+    torch.testing.assert_close(model_output(model, text_inputs()), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["gift", "lora"])
+def test_load_onto_a_base_that_still_carries_lora_layers(tmp_path, method):
+    """A base to which an earlier `get_peft_model(base, LoraConfig(...))` added LoRA layers (adapter 'default', B = 0)
+    loads a saved adapter, and a refused file names only the tensors of the method being loaded (the check counted
+    LoRA's ``lora_A.default.weight`` as missing from a GIFT file)."""
+    lora = LoraConfig(r=4, target_modules=["v_proj"], init_lora_weights=False)
+    config = GiftConfig(r=4) if method == "gift" else lora
+    saved = get_peft_model(tiny_llama(), config)
+    randomise_theta(saved)
+    saved.save_pretrained(tmp_path / "adapter")
+    expected = model_output(saved, text_inputs())
+    base = tiny_llama()
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "o_proj"]))
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    torch.testing.assert_close(model_output(loaded, text_inputs()), expected, rtol=0, atol=1e-6)
+    if method == "gift":  # PEFT loads a LoRA file with missing tensors (with a warning)
+        tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+        missing = "base_model.gift_phi.model-layers-self_attn-v_proj"
+        save_file({k: v for k, v in tensors.items() if k != missing}, tmp_path / "adapter/adapter_model.safetensors")
+        base = tiny_llama()
+        get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "o_proj"]))
+        only_gift = r"missing tensors \['base_model.gift_phi.default.model-layers-self_attn-v_proj'\]\."
+        with pytest.raises(ValueError, match=only_gift):
+            PeftModel.from_pretrained(base, tmp_path / "adapter")
 
 
 def test_low_cpu_mem_usage_and_device_map(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from peft import PeftConfig, get_peft_model
+from peft import LoraConfig, PeftConfig, get_peft_model
 from tiny_models import image_inputs, model_output, text_inputs, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
@@ -246,7 +246,7 @@ def test_stage2_config_from_model_and_config():
     heads = select_heads(pm, k=3)
     c2 = lofit_stage2_config(pm, heads, init_std=0.0)
     assert isinstance(c2, LofitConfig) and c2.mode == "bias" and c2.l1_lambda == 0.0 and c2.init_std == 0.0
-    assert c2.heads == sorted(heads)
+    assert c2.heads == [list(h) for h in sorted(heads)]
     assert c2.task_type == "CAUSAL_LM" and c2.target_modules == {"o_proj"} and (c2.num_heads, c2.head_dim) == (H, D)
     c2b = lofit_stage2_config(pm.peft_config["default"], heads)
     assert c2b.heads == c2.heads and c2b.init_std == 1e-3
@@ -337,6 +337,36 @@ def test_sequential_merge_equals_joint_merge_and_unmerge_restores():
             torch.testing.assert_close(value, before[key.replace(".base_layer", "")], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name, method", [("llama", "lofit"), ("gpt2", "lofit"), ("llama", "lora")])
+def test_merge_unmerge_cycles_restore_the_weights(name, method):
+    """100 merge/unmerge cycles give the base weights back: LoFiT bit for bit (two scale adapters and an offset on top,
+    Linear and Conv1D projections), as documented (dividing by 1 + A drifted by tens of ε·max|W_row|); PEFT's LoRA, the
+    reference, within a few ε·max|W_row|."""
+    base, _, _ = build(name)
+    if method == "lofit":
+        pm = get_peft_model(base, LofitConfig(mode="scale"), adapter_name="s")
+        pm.add_adapter("t", LofitConfig(mode="scale", heads=[(0, 1), (1, 2)]))
+        pm.add_adapter("b", LofitConfig(mode="bias", heads=[(0, 1), (1, 3)]))
+        pm.base_model.set_adapter(["s", "t", "b"])
+        randomize(pm, std=0.3)
+    else:
+        pm = get_peft_model(base, LoraConfig(r=4, target_modules=["o_proj"], init_lora_weights=False))
+    def base_weights():
+        return {k: v.clone() for k, v in pm.get_base_model().state_dict().items() if "lofit_" not in k and "lora_" not in k}
+
+    before = base_weights()
+    for _ in range(100):
+        pm.merge_adapter()
+        pm.unmerge_adapter()
+    after = base_weights()
+    assert after.keys() == before.keys()
+    if method == "lofit":
+        assert all(torch.equal(after[key], value) for key, value in before.items())
+    else:
+        drift = max(((after[k] - w).abs().amax(1) / w.abs().amax(1)).max() for k, w in before.items() if "o_proj" in k)
+        assert drift <= 8 * torch.finfo(torch.float32).eps
+
+
 @pytest.mark.parametrize("mode", ["scale", "bias"])
 def test_safe_merge_detects_nan_and_leaves_weights(mode):
     base, inputs, _ = build("llama")
@@ -379,15 +409,26 @@ def test_merge_twice_warns_and_changes_nothing():
 def test_heads_json_round_trip(tmp_path):
     heads = [[1, 3], (0, 2), (1, 0)]
     cfg = LofitConfig(mode="bias", heads=heads, l1_lambda=0.0)
-    assert cfg.heads == [(0, 2), (1, 0), (1, 3)]
-    assert all(type(h) is tuple and all(type(x) is int for x in h) for h in cfg.heads)
+    assert cfg.heads == [[0, 2], [1, 0], [1, 3]]
+    assert all(type(h) is list and all(type(x) is int for x in h) for h in cfg.heads)
     cfg.save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "adapter_config.json").read_text())
     assert raw["heads"] == [[0, 2], [1, 0], [1, 3]] and raw["peft_type"] == "LOFIT"
     loaded = PeftConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, LofitConfig)
-    assert loaded.heads == cfg.heads and all(type(h) is tuple for h in loaded.heads)
+    assert loaded.heads == cfg.heads and loaded == cfg
     assert loaded.mode == "bias" and loaded.init_std == cfg.init_std
+
+
+@pytest.mark.parametrize("make", [lambda: LofitConfig(mode="bias", heads=[(1, 2), [0, 1]]),
+                                  lambda: LofitConfig(mode="scale"), lambda: LoraConfig()],
+                         ids=["lofit-bias", "lofit-scale", "lora"])
+def test_to_dict_equals_the_saved_json(tmp_path, make):
+    """PEFT's `test_from_json_file`: a config's `to_dict()` equals the JSON it saves (LoFiT's `heads` were tuples in
+    `to_dict()` and lists in the file)."""
+    config = make()
+    config.save_pretrained(tmp_path)
+    assert config.to_dict() == config.from_json_file(str(tmp_path / "adapter_config.json"))
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

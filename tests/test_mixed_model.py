@@ -92,6 +92,55 @@ def test_gift_with_lora_equals_both_formulas_and_merges(order):
     torch.testing.assert_close(model_output(merged, inputs), model_output(expected, inputs), atol=ATOL, rtol=0)
 
 
+def _lora_in_lofit_model(mode):
+    model = get_peft_model(tiny_llama(), LoraConfig(**LORA), adapter_name="lora", mixed=True)
+    model.add_adapter("lofit", LofitConfig(mode=mode, heads=[[0, 1], [1, 3]], init_std=0.5))
+    model.set_adapter(["lora", "lofit"])
+    return model
+
+
+def _loha_in_lora_model():
+    """PEFT's own types nested (LoRA wraps LoHa): the reference."""
+    from peft import LoHaConfig
+
+    model = get_peft_model(tiny_llama(), LoHaConfig(r=4, target_modules=["q_proj", "v_proj"], init_weights=False),
+                           adapter_name="loha", mixed=True)
+    model.add_adapter("lora", LoraConfig(**LORA))
+    model.set_adapter(["loha", "lora"])
+    return model
+
+
+NESTINGS = {
+    "lora-in-gift": lambda: _gift_lora_model(("lora", "gift"))[0],
+    "gift-in-lora": lambda: _gift_lora_model(("gift", "lora"))[0],
+    "lora-in-lofit-scale": lambda: _lora_in_lofit_model("scale"),
+    "lora-in-lofit-bias": lambda: _lora_in_lofit_model("bias"),
+    "loha-in-lora": _loha_in_lora_model,
+}
+
+
+@pytest.mark.parametrize("merges", ["all", "inner-first", "outer-first"])
+@pytest.mark.parametrize("nesting", list(NESTINGS))
+def test_merge_adapter_then_unmerge_adapter_is_exact(nesting, merges):
+    """`merge_adapter` gives the unmerged outputs and `unmerge_adapter` the original base weights, whichever layer
+    wraps the other and in whichever order the adapters are merged (PEFT's generic merge merged the outer layer
+    first, into the inner layer's base weight: wrong outputs and a changed base after unmerging)."""
+    model = NESTINGS[nesting]()
+    inner, outer = model.peft_config  # the adapter added first is the inner one
+    inputs = text_inputs()
+    unmerged = model_output(model, inputs)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    for names in {"all": [None], "inner-first": [[inner], [outer]], "outer-first": [[outer], [inner]]}[merges]:
+        model.merge_adapter(names)
+    torch.testing.assert_close(model_output(model, inputs), unmerged, atol=ATOL, rtol=0)
+    model.unmerge_adapter()
+    after = dict(model.named_parameters())
+    assert set(base) <= set(after)
+    for name, param in base.items():
+        torch.testing.assert_close(after[name], param, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model_output(model, inputs), unmerged, atol=ATOL, rtol=0)
+
+
 def test_active_set_disable_and_delete_in_a_mixed_model():
     order = ("gift", "lora")
     model, reference, configs = _gift_lora_model(order)

@@ -87,9 +87,10 @@ class GiftLayer(InputEditLayer):
         every layer of the group to this layer's device; Θ stays on the tuner and forward brings it to the input."""
 
     # ---- exact merge / unmerge ---------------------------------------------------------------------------------
-    def _low_rank_factors(self, adapter_names: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """U (d_in×R), V (R×d_in) in float64 on ``device`` (the weight's: Θ may live on another device when the
-        model is split over devices) with I + U V = I + Σ_a s_a φ_a ψ_a."""
+    def _low_rank_factors(self, adapter_names: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """U (d_in×R), V (R×d_in) in float64 on ``device`` (default: the base weight's; Θ may live on another
+        device when the model is split over devices) with I + U V = I + Σ_a s_a φ_a ψ_a."""
+        device = self.get_base_layer().weight.device if device is None else device
         us, vs = [], []
         for name in adapter_names:
             phi, psi = self.theta(name)

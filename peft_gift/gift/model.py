@@ -12,7 +12,7 @@ from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..targets import TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING
+from ..targets import TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING, candidate_modules
 from ..tuner import InputEditTuner
 from .config import GiftConfig
 from .layer import GiftLayer, Linear, SharedTheta
@@ -90,9 +90,7 @@ class GiftModel(InputEditTuner):
     def _check_targets(cls, model: nn.Module, config: GiftConfig) -> None:
         """Raise before any change if a module this config targets is unsupported or a Θ group mixes in_features."""
         groups: dict[str, list[tuple[str, int]]] = {}
-        for name, module in model.named_modules():
-            if not name or name.endswith(".base_layer") or ".base_layer." in name:
-                continue
+        for name, module in candidate_modules(model):
             if not cls._check_target_module_exists(config, name):
                 continue
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module

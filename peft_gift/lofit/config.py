@@ -18,8 +18,9 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def normalize_heads(heads) -> Optional[list[tuple[int, int]]]:
-    """Return ``heads`` as a sorted list of ``(layer, head)`` int tuples (JSON gives lists); validate each pair.
+def normalize_heads(heads) -> Optional[list[list[int]]]:
+    """Return ``heads`` as a sorted list of ``[layer, head]`` int lists (as JSON holds them, so that ``to_dict()``
+    equals the saved file); validate each pair.
 
     Raises ``ValueError`` for a malformed pair, a negative index or a duplicate pair.
     """
@@ -45,7 +46,7 @@ def normalize_heads(heads) -> Optional[list[tuple[int, int]]]:
     duplicates = sorted({p for p in pairs if p in seen or seen.add(p)})
     if duplicates:
         raise ValueError(f"`heads` contains duplicate (layer, head) pairs: {duplicates}; each pair may appear once.")
-    return sorted(pairs)
+    return [list(pair) for pair in sorted(pairs)]
 
 
 @dataclass
@@ -67,11 +68,11 @@ class LofitConfig(PeftConfig):
             the heads in ``heads``). ``None`` means ``"bias"`` when ``heads`` is given; with neither, the config
             raises a ``ValueError`` that shows the two-stage recipe (offsets on every head, ``mode="bias",
             heads=None``, are an ablation, not LoFiT, and must be asked for explicitly).
-        heads (`list[tuple[int, int]]`, *optional*): ``(layer, head)`` pairs to adapt. ``None`` adapts every head of
+        heads (`list[list[int]]`, *optional*): ``(layer, head)`` pairs to adapt. ``None`` adapts every head of
             every targeted layer. In bias mode only the projections of layers that contain a selected head are
             wrapped, and the number of trainable parameters is exactly ``len(heads) * head_dim``. In scale mode a
             list restricts the layers that get a scale tensor (a full ``(num_heads, head_dim)`` tensor per layer).
-            Stored sorted; JSON lists come back as tuples.
+            Stored sorted, as ``[layer, head]`` lists (the JSON form; tuples are accepted).
         l1_lambda (`float`): weight λ of the L1 penalty ``λ·Σ|A|`` added to the model's loss in scale mode (0 disables
             it). Ignored in bias mode.
         init_std (`float`): standard deviation of the normal initialisation of A and v; ``0`` gives the identity
@@ -102,7 +103,7 @@ class LofitConfig(PeftConfig):
                           "selected heads (stage 2). None: 'bias' when `heads` is given; a bare LofitConfig() raises "
                           "and shows the two-stage recipe."},
     )
-    heads: Optional[list[tuple[int, int]]] = field(
+    heads: Optional[list[list[int]]] = field(
         default=None,
         metadata={"help": "(layer, head) pairs to adapt; None = every head of every targeted layer."},
     )

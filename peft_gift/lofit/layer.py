@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..input_edit import InputEditLayer
 
-# Below this |1 + A| a merged scale cannot be divided out accurately, so merging keeps a copy of the weight instead.
+# Below this |1 + A| a merged scale cannot be divided out of an offset merged on top of it accurately.
 _MIN_INVERTIBLE_SCALE = 1e-3
 
 
@@ -209,11 +209,11 @@ class LofitLayer(InputEditLayer):
     def _weight_out_in(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.T if self.fan_in_fan_out else weight
 
-    def _scaled_weight(self, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """W with the input columns multiplied by ``scale`` (rows for Conv1D, whose weight is (in, out))."""
-        scale = scale.to(torch.float32)
-        out = weight.to(torch.float32) * (scale[:, None] if self.fan_in_fan_out else scale[None, :])
-        return out.to(weight.dtype)
+    def _head_features(self, adapter_name: str) -> torch.Tensor:
+        """Indices of the input features (columns of W_o) of the K heads ``adapter_name`` adapts, head by head."""
+        _, head_dim = self.head_shapes[adapter_name]
+        index = self.lofit_head_index[adapter_name]
+        return (index[:, None] * head_dim + torch.arange(head_dim, device=index.device)).reshape(-1)
 
     def _merged_scale(self) -> Optional[torch.Tensor]:
         scale = None
@@ -243,7 +243,8 @@ class LofitLayer(InputEditLayer):
     # ------------------------------------------------------------------ merge / unmerge
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Fold the adapters into the base layer: scales into the weight columns of their heads
-        (W[:, head] *= 1 + A_h), offsets into the bias (b += W[:, head] @ v_h; a zero bias is created if absent).
+        (W[:, head] *= 1 + A_h; those K·head_dim columns are kept for `unmerge`), offsets into the bias
+        (b += W[:, head] @ v_h; a zero bias is created if absent).
 
         Args:
             safe_merge: compute on copies and raise ``ValueError`` if the result has NaN/inf, leaving W and b as is.
@@ -259,17 +260,17 @@ class LofitLayer(InputEditLayer):
                 continue
             record: dict[str, Any] = {}
             if mode == "scale":
-                scale = self.get_scale_vector(name).detach().to(torch.float32).clone()
-                new_weight = self._scaled_weight(base.weight.data, scale)
-                if safe_merge and not torch.isfinite(new_weight).all():
+                weight = self._weight_out_in(base.weight.data)
+                features = self._head_features(name).to(weight.device)
+                columns = weight[:, features]
+                dtype = torch.promote_types(weight.dtype, torch.float32)
+                scale = 1.0 + self.lofit_head_scale[name].weight.detach().reshape(-1).to(weight.device, dtype)
+                merged = (columns.to(dtype) * scale).to(weight.dtype)
+                if safe_merge and not torch.isfinite(merged).all():
                     raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-                record["scale"] = scale
-                exact_division = base.weight.dtype in (torch.float32, torch.float64) and bool(
-                    (scale.abs() >= _MIN_INVERTIBLE_SCALE).all()
-                )
-                if not exact_division:  # low precision or ~0 scale: dividing would not restore W, keep it
-                    record["weight"] = base.weight.data.clone()
-                base.weight.data = new_weight
+                record["scale"] = self.get_scale_vector(name).detach().to(torch.float32).clone()
+                record["columns"] = (features, columns)  # the original columns: `unmerge` restores them bit for bit
+                weight[:, features] = merged
             else:
                 delta = self.get_delta_bias(name)
                 old_bias = None if base.bias is None else base.bias.data.clone()
@@ -289,8 +290,8 @@ class LofitLayer(InputEditLayer):
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """Undo all merges (last merged first): restore the stored bias (removing a bias that merging created) and
-        divide the scales out of the weight columns (or restore the stored weight for low precision / ~0 scales)."""
+        """Undo all merges (last merged first), exactly: restore the stored weight columns of scaled heads and the
+        stored bias (removing a bias that merging created)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
@@ -298,10 +299,10 @@ class LofitLayer(InputEditLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             record = self._merge_records.pop(name, {})
-            if "weight" in record:
-                base.weight.data = record["weight"].to(base.weight.device)
-            elif "scale" in record:
-                base.weight.data = self._scaled_weight(base.weight.data, 1.0 / record["scale"])
+            if "columns" in record:
+                weight = self._weight_out_in(base.weight.data)
+                features, columns = record["columns"]
+                weight[:, features.to(weight.device)] = columns.to(weight.device)
             if "bias" in record:
                 if record["bias"] is None:
                     base.bias = None

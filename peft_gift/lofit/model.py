@@ -15,6 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from ..targets import (
     DEFAULT_LAYER_PATTERNS,
     TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING,
+    candidate_modules,
     layer_index_of,
     match_target,
     wanted_layers,
@@ -118,11 +119,8 @@ class LofitModel(InputEditTuner):
         """Check the config against the model; raise ValueError before any module is replaced.
 
         Returns the resolved (num_heads, head_dim), or None when nothing matches (peft then raises its own error)."""
-        tuner_prefixes = [name + "." for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
         candidates = {}  # every match of target_modules, ignoring layers_to_transform and heads: key -> base layer
-        for key, module in model.named_modules():
-            if not key or any(key.startswith(p) for p in tuner_prefixes):
-                continue
+        for key, module in candidate_modules(model):
             result = match_target(config, key, apply_layer_filter=False)
             if result and not isinstance(result, _ExcludedModule):
                 base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module

@@ -62,6 +62,6 @@ def lofit_stage2_config(
     for name in ("target_modules", "exclude_modules", "modules_to_save"):
         if isinstance(values.get(name), (set, list)):
             values[name] = type(values[name])(values[name])
-    values.update(mode="bias", heads=[tuple(h) for h in heads], l1_lambda=0.0)
+    values.update(mode="bias", heads=heads, l1_lambda=0.0)
     values.update(overrides)
     return LofitConfig(**values)
