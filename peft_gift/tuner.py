@@ -8,6 +8,7 @@ from typing import Iterator
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from ._bnb_cpu import keep_standard_4bit_layout
 from ._checked_load import check_adapter_state_dict, note_injection, snapshot_base_state
 from .input_edit import adapter_names_hooks
 from .targets import default_targets, match_target
@@ -89,7 +90,9 @@ class InputEditTuner(BaseTuner):
 def injection(tuner_cls: type[InputEditTuner], tuner: BaseTuner, model: nn.Module, adapter_name: str):
     """Wrap ``tuner``'s generic `BaseTuner.inject_adapter` of an adapter of method ``tuner_cls``: note which loading
     call creates it (checked loading), fill in default targets, run the method's checks and clean-up
-    (`InputEditTuner._injecting`), tag the model."""
+    (`InputEditTuner._injecting`), tag the model. A 4-bit base keeps bitsandbytes' standard layout
+    (`peft_gift._bnb_cpu`)."""
+    keep_standard_4bit_layout(model)
     note_injection(tuner, adapter_name)
     if len(tuner.peft_config) == 1:  # what a failed first load restores
         snapshot_base_state(tuner, model)

@@ -118,8 +118,9 @@ def _reevaluate(results, model):
 
 def _check_results(results, method, task):
     for key in ("before", "after", "trainable_params", "total_params", "wall_time_s", "train_time_s", "config",
-                "metric", "machine"):
+                "metric", "machine", "optimizer_steps"):
         assert key in results, key
+    assert results["processes"] == 1 and results["optimizer_steps"] > 0
     assert results["method"] == method and results["task"] == task
     assert 0 < results["trainable_params"] < results["total_params"]
     assert 0.0 <= results["after"]["accuracy"] <= 1.0 and 0.0 <= results["before"]["accuracy"] <= 1.0
@@ -344,8 +345,9 @@ def test_script_entry_point_missing_file(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "config file" in lines[0] and "not found" in lines[0]
+    # one line, no traceback (bitsandbytes may log a line of its own at import on AVX512-BF16 CPUs)
+    lines = [line for line in proc.stderr.strip().splitlines() if "kernels-community" not in line]
+    assert len(lines) == 1 and "config file" in lines[0] and "not found" in lines[0], proc.stderr
 
 
 def test_local_metrics_match_definitions():

@@ -17,6 +17,7 @@ import warnings
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -322,3 +323,141 @@ def test_recipe_quantization_option(checkpoint):
     task.model_path, task.quantization = str(checkpoint), cfg["quantization"]
     model = task.load_model()
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+
+
+# ---- the training CLI (peft_gift.recipes) on a 4-bit base: before/after evaluation, training, save and reload
+
+
+@pytest.fixture(scope="module")
+def mc_job(checkpoint, tmp_path_factory):
+    """The tiny Llama with a word tokenizer, and a memorisable multiple-choice dataset (thing → colour), on disk."""
+    import shutil
+
+    from datasets import Dataset, DatasetDict
+    from tiny_models import word_tokenizer
+
+    d = tmp_path_factory.mktemp("qcli")
+    shutil.copytree(checkpoint, d / "llama")
+    words = ["red", "blue", "green", "cat", "dog", "sky", "grass", "color", "what", "of", "Question", "Answer"]
+    word_tokenizer(words + [":", "?", "\n"]).save_pretrained(d / "llama")
+    colors = {"sky": "blue", "grass": "green", "cat": "red", "dog": "blue"}
+
+    def split(n):
+        return Dataset.from_list([{"prompt": f"Question: what color of {thing}?\nAnswer:", "choices": ["red", "blue", "green"],
+                                   "label": ["red", "blue", "green"].index(colors[thing])}
+                                  for thing in (list(colors)[i % 4] for i in range(n))])
+
+    DatasetDict({"train": split(24), "validation": split(8)}).save_to_disk(d / "mc")
+    return d
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "gift", "r": 8, "target_modules": ["q_proj", "v_proj"]},
+    {"name": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
+], ids=["gift", "lora"])
+def test_cli_trains_a_4bit_base_end_to_end(mc_job, tmp_path, method):
+    """A job with a `quantization:` block trains through the CLI (its "before" evaluation once built a Trainer on the
+    bare 4-bit base, which transformers refuses); "before" is the untrained base's metric, and the saved adapter on a
+    freshly quantized base reproduces "after"."""
+    import json
+
+    import yaml
+
+    from peft_gift import recipes
+    from peft_gift.recipes import cli
+
+    cfg = {"model": str(mc_job / "llama"), "task": "causal_lm_mc", "method": method,
+           "quantization": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "float32"},
+           "data": {"dataset": str(mc_job / "mc"), "max_length": 32},
+           "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "learning_rate": 3e-2,
+                        "logging_steps": 100, "disable_tqdm": True}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert cli.main([str(tmp_path / "job.yaml"), "--output-dir", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["optimizer_steps"] == 6 and 0 < res["trainable_params"] < res["total_params"]
+
+    job = recipes.prepare(res["config"])
+    base = job.task.load_model()
+    assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    assert recipes.evaluate(base, job) == res["before"]
+    reloaded = PeftModel.from_pretrained(job.task.load_model(), str(out / "adapter"))
+    assert recipes.evaluate(reloaded, job) == res["after"]
+    ids = torch.tensor([job.train_enc[0]["input_ids"]])
+    with reloaded.disable_adapter():
+        untrained = logits(reloaded, ids)
+    assert (logits(reloaded, ids) - untrained).abs().max() > 1e-3  # trained: the adapter is the identity at init
+
+
+# ---- bitsandbytes' CPU inference layout (AVX512-BF16 CPUs; see peft_gift._bnb_cpu)
+
+
+def _repack_for_cpu_inference(layer: nn.Module) -> None:
+    """What bitsandbytes does to a Linear4bit weight at its first eval-mode forward without grad on an AVX512-BF16
+    CPU (the conversion itself is plain torch and runs on any CPU)."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(layer.weight.data,
+                                                                                 layer.weight.quant_state)
+
+
+_LOFIT_SKIP = {"gift": {}, "lofit": {"llm_int8_skip_modules": ["o_proj", "lm_head"]}}  # LoFiT: unquantized o_proj
+
+
+@pytest.mark.parametrize("method", ["gift", "lofit"])
+def test_adapter_switches_bnb_cpu_repacking_off_on_every_4bit_layer(method, checkpoint):
+    base = load_quantized("bnb4", checkpoint, **_LOFIT_SKIP[method])
+    layers = [m for m in base.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert len(layers) == {"gift": 14, "lofit": 12}[method]  # 2 decoder layers x (q, k, v, [o], gate, up, down)
+    config = peft_gift.GiftConfig(r=4, target_modules=["q_proj"]) if method == "gift" else peft_gift.LofitConfig(
+        mode="bias", heads=[(0, 1)])
+    get_peft_model(base, config)
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)  # mlp layers too: the gradient passes through them
+
+
+@pytest.mark.parametrize("method", ["gift", "lofit"])
+def test_adapter_refuses_a_base_already_repacked_for_cpu_inference(method, checkpoint):
+    """A repacked weight has bf16 scales (bitsandbytes' inverse leaves them so), passes no gradient to its input and
+    is misread by PEFT's dequantization: refuse, naming the layer, and change nothing."""
+    base = load_quantized("bnb4", checkpoint, **_LOFIT_SKIP[method])
+    _repack_for_cpu_inference(base.model.layers[1].mlp.down_proj)
+    flags = [m.support_avx512bf16_for_cpu for m in base.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    config = peft_gift.GiftConfig(r=4) if method == "gift" else peft_gift.LofitConfig(mode="bias", heads=[(0, 1)])
+    with pytest.raises(ValueError, match=r"1 4-bit layers .*'model.layers.1.mlp.down_proj'.*Load the model again"):
+        get_peft_model(base, config)
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.modules()) and not hasattr(base, "peft_config")
+    assert flags == [m.support_avx512bf16_for_cpu for m in base.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+
+
+def test_peft_lora_reads_a_repacked_weight_as_the_standard_layout(checkpoint):
+    """PEFT's behaviour, left as it is (bitsandbytes 0.50, PEFT 0.21): LoRA does not switch the repacking off, and its
+    dequantization of a repacked weight (what merging reads) is far from W. If this starts failing, PEFT handles it."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    model = get_peft_model(load_quantized("bnb4", checkpoint), LoraConfig(r=4, target_modules=["q_proj"]))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert layer.support_avx512bf16_for_cpu == __import__("bitsandbytes").functional.has_avx512bf16()
+    w = dequantize_bnb_weight(layer.weight)
+    _repack_for_cpu_inference(layer)
+    assert float((dequantize_bnb_weight(layer.weight) - w).abs().max()) > 0.1 * float(w.abs().max())
+
+
+def test_evaluate_then_train_a_4bit_gift_model_trains_every_layer(checkpoint):
+    """On an AVX512-BF16 CPU an eval-mode forward repacked every 4-bit layer, after which Θ of the first decoder layer
+    got no gradient (it flows back through layer 2's 4-bit projections). Elsewhere this checks the plain path."""
+    torch.manual_seed(1)
+    model = get_peft_model(load_quantized("bnb4", checkpoint), peft_gift.GiftConfig(r=8, sharing="layer"))
+    with torch.no_grad():
+        for param in model.base_model.gift_psi.parameters():
+            param.normal_(0.0, 0.05)
+    logits(model.eval(), IDS)  # eval, no grad: where bitsandbytes would repack
+    assert not any(_repacked_any(m) for m in model.modules())
+    model.train()
+    model(IDS, labels=IDS).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.abs().max() > 0 for g in grads.values()), grads.keys()
+
+
+def _repacked_any(module: nn.Module) -> bool:
+    state = getattr(getattr(module, "weight", None), "quant_state", None)
+    return bool(getattr(state, "packing_format_for_cpu", False))

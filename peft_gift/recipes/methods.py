@@ -265,7 +265,7 @@ class Lofit(PeftMethod):
         t1 = ctx.train(m1, "stage1", params.get("stage1_training"))
         heads = peft_gift.select_heads(m1, k=params.get("k"), fraction=params.get("fraction"))
         ctx.log(f"LoFiT selected {len(heads)} heads: {heads}")
-        if ctx.out is not None:
+        if ctx.out is not None and ctx.main:  # one writer when launched on several processes
             from ..hub import write_model_card
 
             m1.save_pretrained(ctx.out / "stage1_adapter")  # the scales behind the selection (head maps)

@@ -4,9 +4,13 @@
     results = run(load_config("configs/gift_minilm_sst2.yaml", overrides=["training.num_train_epochs=1"]))
 
 The pieces are public so that a benchmark measures exactly what ``scripts/train.py`` runs: :func:`prepare` (model,
-data and task, every check before any weights are loaded), :func:`evaluate` (the task's evaluator through a
-``Trainer``), :func:`fit` (the method's recipe from :mod:`~peft_gift.recipes.methods`) and :func:`run` (all of it,
-plus the saved adapter, the model card, ``results.json`` and the printed table).
+data and task, every check before any weights are loaded), :func:`evaluate` (the task's evaluator on the whole
+evaluation split, without a ``Trainer``), :func:`fit` (the method's recipe from :mod:`~peft_gift.recipes.methods`)
+and :func:`run` (all of it, plus the saved adapter, the model card, ``results.json`` and the printed table).
+
+Under a launcher (``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` > 1) every process trains its share of each
+global batch (data parallel; gloo on CPUs) and evaluates the whole evaluation split itself; only the main process
+(rank 0) prints and writes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -69,6 +74,8 @@ def _training_args(job: Job, training: dict, out: Optional[Path], stage: str):
     from transformers import TrainingArguments
 
     args = {**DEFAULT_TRAINING, "dataloader_pin_memory": torch.cuda.is_available(), **training, "seed": job.seed}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        args["use_cpu"] = True  # N processes on CPUs: without it TrainingArguments starts no (gloo) process group
     args.setdefault("data_seed", job.seed)
     args["output_dir"] = str((out if out is not None else Path(tempfile.gettempdir()) / "peft_gift") / "trainer" / stage)
     try:
@@ -78,19 +85,36 @@ def _training_args(job: Job, training: dict, out: Optional[Path], stage: str):
 
 
 def trainer_for(model, job: Job, training: dict, out: Optional[Path] = None, stage: str = "train"):
-    """The ``transformers.Trainer`` the pipeline trains and evaluates with (``training`` = TrainingArguments fields)."""
+    """The ``transformers.Trainer`` the pipeline trains with (``training`` = TrainingArguments fields)."""
     from transformers import Trainer
 
     targs = _training_args(job, training, out, stage)
     eval_ds = job.eval_enc if targs.eval_strategy != "no" and job.task.compute_metrics else None
-    return Trainer(model=model, args=targs, train_dataset=job.train_enc, eval_dataset=eval_ds,
-                   data_collator=job.task.collator(), compute_metrics=job.task.compute_metrics)
+    trainer = Trainer(model=model, args=targs, train_dataset=job.train_enc, eval_dataset=eval_ds,
+                      data_collator=job.task.collator(), compute_metrics=job.task.compute_metrics)
+    # transformers takes any forward(**kwargs) for a loss that counts num_items_in_batch, and then multiplies the loss
+    # by the number of processes (and skips the division for gradient accumulation): N times too large for a head's
+    # batch-mean loss
+    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and job.task.loss_counts_items
+    return trainer
 
 
 def evaluate(model, job: Job, training: Optional[dict] = None, out: Optional[Path] = None) -> dict:
-    """The task's metrics of ``model`` on the job's evaluation split (what ``results.json`` reports)."""
-    trainer = trainer_for(model, job, job.cfg["training"] if training is None else training, out, "eval")
-    return job.task.evaluate(trainer, job.eval, job.eval_enc)
+    """The task's metrics of ``model`` on the job's whole evaluation split (what ``results.json`` reports), computed
+    in this process without a ``Trainer``: nothing is sharded across processes, and a bare quantized base (which
+    transformers refuses to put in a Trainer) is evaluated like any model."""
+    args = _training_args(job, job.cfg["training"] if training is None else training, out, "eval")
+    if getattr(model, "hf_device_map", None) is None:  # a model placed while loading (quantized) stays where it is
+        model.to(args.device)
+    return job.task.evaluate(model, job.eval, job.eval_enc, args.per_device_eval_batch_size,
+                             progress=not args.disable_tqdm and _is_main())
+
+
+def _is_main() -> bool:
+    """Whether this process writes: rank 0 under a launcher, or the only process."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @dataclasses.dataclass
@@ -100,6 +124,11 @@ class _Context:
     job: Job
     out: Optional[Path]
     log: Callable[[str], None]
+    steps: int = 0  # optimizer steps taken, all stages
+
+    @property
+    def main(self) -> bool:
+        return _is_main()
 
     @property
     def task(self) -> Task:
@@ -115,21 +144,27 @@ class _Context:
     def train(self, model, stage: str, overrides: Optional[dict] = None) -> float:
         trainer = trainer_for(model, self.job, {**self.job.cfg["training"], **(overrides or {})}, self.out, stage)
         t0 = time.time()
-        trainer.train()
+        self.steps += trainer.train().global_step
         return time.time() - t0
 
 
 def fit(model, job: Job, out: Optional[Path] = None, log: Callable[[str], None] = logger.info):
-    """Apply the job's method to ``model`` and train it: ``(trained model, stats)``; stats has ``train_time_s`` and,
-    for two-stage methods, ``stages``."""
+    """Apply the job's method to ``model`` and train it: ``(trained model, stats)``; stats has ``train_time_s``,
+    ``optimizer_steps`` and, for two-stage methods, ``stages``."""
     method = job.cfg["method"]
     params = {k: v for k, v in method.items() if k != "name"}
-    return METHODS[method["name"]].fit(model, params, _Context(job, out, log))
+    ctx = _Context(job, out, log)
+    model, stats = METHODS[method["name"]].fit(model, params, ctx)
+    return model, {**stats, "optimizer_steps": ctx.steps}
 
 
 def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] = None,
         log: Callable[[str], None] = print) -> dict:
-    """Run one job from a config; write the adapter/model and results.json; return the results dict."""
+    """Run one job from a config; write the adapter/model and results.json; return the results dict.
+
+    Launched on N processes, each trains on its share of every global batch (N × per_device_train_batch_size) and
+    evaluates the whole evaluation split; only the main process logs, saves, writes and pushes, the others wait for
+    it."""
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -145,7 +180,12 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     set_seed(seed)
     job = prepare(cfg)
     task = job.task
-    log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples")
+    processes = _training_args(job, cfg["training"], out, "train").world_size  # starts torch.distributed if launched
+    main = _is_main()
+    if not main:
+        log = _silent
+    log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples"
+        + (f"; {processes} processes" if processes > 1 else ""))
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings etc.; the table below states the setup
     out.mkdir(parents=True, exist_ok=True)
 
@@ -157,11 +197,12 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     results: dict[str, Any] = {"model": cfg["model"], "model_path": job.model_path, "task": cfg["task"],
                                "method": method["name"], "dataset": cfg["data"]["dataset"],
                                "train_examples": len(job.train), "eval_examples": len(job.eval),
-                               "metric": task.metric, "before": before}
+                               "metric": task.metric, "before": before, "processes": processes}
     model, stats = fit(model, job, out, log)
     if "stages" in stats:
         results["stages"] = stats["stages"]
     results.update(param_counts(model))
+    results["optimizer_steps"] = stats["optimizer_steps"]
     results["train_time_s"] = round(stats["train_time_s"], 1)
     log("evaluating the fine-tuned model ...")
     results["after"] = evaluate(model, job, out=out)
@@ -169,24 +210,33 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
 
     saves_adapter = METHODS[method["name"]].saves_adapter
     save_dir = out / ("adapter" if saves_adapter else "model")
-    model.save_pretrained(str(save_dir))
-    plugin_adapter = bool(plugin_peft_types(model))
-    if plugin_adapter:
-        write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
-    if task.tokenizer is not None and not saves_adapter:
-        task.tokenizer.save_pretrained(str(save_dir))
     results["saved_to"] = str(save_dir)
-    results["wall_time_s"] = round(time.time() - t_start, 1)
-    results["machine"] = describe_machine(machine_info())
     results["config"] = cfg
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    log(markdown_table([results]))
-    log(f"wrote {save_dir} and {out / 'results.json'}")
-    if push_to_hub:
-        try:
-            peft_gift_push_to_hub(model, push_to_hub) if plugin_adapter else model.push_to_hub(push_to_hub)
-            log(f"pushed to https://huggingface.co/{push_to_hub}")
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"push_to_hub({push_to_hub!r}) failed ({str(e).splitlines()[0][:160]}); the results are "
-                              f"saved in {out}; log in with `hf auth login` and check network access") from None
+    if main:
+        model.save_pretrained(str(save_dir))
+        plugin_adapter = bool(plugin_peft_types(model))
+        if plugin_adapter:
+            write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
+        if task.tokenizer is not None and not saves_adapter:
+            task.tokenizer.save_pretrained(str(save_dir))
+        results["wall_time_s"] = round(time.time() - t_start, 1)
+        results["machine"] = describe_machine(machine_info())
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        log(markdown_table([results]))
+        log(f"wrote {save_dir} and {out / 'results.json'}")
+        if push_to_hub:
+            try:
+                peft_gift_push_to_hub(model, push_to_hub) if plugin_adapter else model.push_to_hub(push_to_hub)
+                log(f"pushed to https://huggingface.co/{push_to_hub}")
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(f"push_to_hub({push_to_hub!r}) failed ({str(e).splitlines()[0][:160]}); the results "
+                                  f"are saved in {out}; log in with `hf auth login` and check network access") from None
+    if processes > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the other processes end once the main one has written everything
     return results
+
+
+def _silent(message: str) -> None:
+    pass

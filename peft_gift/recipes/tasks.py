@@ -38,6 +38,9 @@ class Task:
     metric: ClassVar[str] = "accuracy"
     has_head: ClassVar[bool] = True  # a freshly initialised classification head (linear_probe / bitfit train it)
     multi_dataset: ClassVar[bool] = False  # a list of datasets, scored per source
+    # the model's loss is a sum over the Trainer's ``num_items_in_batch`` (causal LMs); a classification head averages
+    # its own batch and ignores it, and the Trainer must then not scale that loss by the number of processes
+    loss_counts_items: ClassVar[bool] = True
     tokenizer = None
 
     @classmethod
@@ -72,15 +75,17 @@ class Task:
     def collator(self):
         raise NotImplementedError
 
-    compute_metrics = None
+    compute_metrics = None  # for the Trainer's evaluation during training (``eval_strategy``)
 
-    def evaluate(self, trainer, eval_raw, eval_encoded) -> dict:
-        """Metrics of ``trainer.model`` on the evaluation split."""
+    def evaluate(self, model, eval_raw, eval_encoded, batch_size: int, progress: bool = False) -> dict:
+        """Metrics of ``model`` on the whole evaluation split, computed in this process on the model's device."""
         raise NotImplementedError
 
 
 class _ClassificationTask(Task):
-    """A new linear head over a pretrained backbone; accuracy and F1 through the Trainer's evaluation loop."""
+    """A new linear head over a pretrained backbone; loss, accuracy and F1."""
+
+    loss_counts_items = False
 
     def __init__(self, model_path, data_cfg, columns, train, evl):
         super().__init__(model_path, data_cfg, columns, train, evl)
@@ -109,9 +114,29 @@ class _ClassificationTask(Task):
         logits = logits[0] if isinstance(logits, tuple) else logits
         return classification_metrics(logits, labels, self.num_labels)
 
-    def evaluate(self, trainer, eval_raw, eval_encoded) -> dict:
-        m = trainer.evaluate(eval_encoded)
-        return {k[len("eval_"):]: float(v) for k, v in m.items() if k[len("eval_"):] in ("accuracy", "f1", "loss")}
+    def evaluate(self, model, eval_raw, eval_encoded, batch_size, progress=False) -> dict:
+        """``loss`` (the mean of the batch losses weighted by batch size, as the Trainer reports it), ``accuracy``
+        and ``f1``."""
+        import torch
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        loader = DataLoader(eval_encoded, batch_size=batch_size, collate_fn=self.collator())
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        logits, labels, loss = [], [], 0.0
+        try:
+            with torch.no_grad():
+                for batch in tqdm(loader, desc="evaluating", disable=not progress or len(loader) < 2):
+                    out = model(**{k: v.to(device) for k, v in batch.items()})
+                    loss += float(out.loss) * len(batch["labels"])
+                    logits.append(out.logits.float().cpu())
+                    labels.append(batch["labels"])
+        finally:
+            model.train(was_training)
+        labels = torch.cat(labels).numpy()
+        return {"loss": loss / len(labels), **classification_metrics(torch.cat(logits).numpy(), labels, self.num_labels)}
 
 
 class SequenceClassification(_ClassificationTask):
@@ -283,10 +308,14 @@ class MultipleChoice(Task):
         import torch
         from transformers import BitsAndBytesConfig
 
+        from .._bnb_cpu import keep_standard_4bit_layout
+
         # a quantized base (QGIFT): bitsandbytes quantizes while loading, on this process's device
         device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else "cpu"
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             self.model_path, quantization_config=BitsAndBytesConfig(**self.quantization), device_map=device_map)
+        keep_standard_4bit_layout(model)  # the "before" evaluation must not repack it (peft_gift._bnb_cpu)
+        return model
 
     def encode(self, ds):
         from .multiple_choice import encode_pair
@@ -309,13 +338,11 @@ class MultipleChoice(Task):
 
         return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100)
 
-    def evaluate(self, trainer, eval_raw, eval_encoded) -> dict:
+    def evaluate(self, model, eval_raw, eval_encoded, batch_size, progress=False) -> dict:
         from .multiple_choice import evaluate_multiple_choice
 
-        return evaluate_multiple_choice(
-            trainer.model, self.tokenizer, eval_raw, self.columns, self.max_length,
-            batch_size=trainer.args.per_device_eval_batch_size, progress=not trainer.args.disable_tqdm,
-        )
+        return evaluate_multiple_choice(model, self.tokenizer, eval_raw, self.columns, self.max_length,
+                                        batch_size=batch_size, progress=progress)
 
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SequenceClassification, MultipleChoice, ImageClassification)}
