@@ -254,3 +254,31 @@ def test_layers_injected_without_a_peft_model_keep_the_penalty():
     assert len(start) == 2
     for with_l1, without, a0 in zip(*after, start):
         torch.testing.assert_close(with_l1 - without, -0.5 * LAM * a0.sign(), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("marker", ["ds_id", "param_idx_in_group"])
+def test_deepspeed_zero_owned_scales_refuse_the_config_lambda(marker):
+    """DeepSpeed's ZeRO optimizer updates flat copies of A that the step hook cannot reach, so the config's λ would
+    silently do nothing (tests/test_deepspeed.py runs the real thing): a training forward raises, naming the way that
+    works (λ = 0 and `l1_penalty` in the loss); evaluation, λ = 0 and no-grad forwards are unaffected."""
+    pm, twin = _pair()
+    batch = text_inputs()
+    for model in (pm, twin):
+        for scale in _scales(model).values():
+            setattr(scale, marker, 0)  # what DeepSpeed sets on the parameters its optimizer owns
+    with pytest.raises(ValueError, match=r"'default' has l1_lambda > 0 under DeepSpeed ZeRO.*l1_penalty"):
+        _task_loss(pm, batch)
+    with torch.no_grad():
+        _task_loss(pm, batch)
+    _task_loss(twin, batch).backward()
+
+
+def test_l1_penalty_value_and_gradient():
+    """``l1_penalty`` is λ·Σ|A| with gradient λ·sign(A) (written as A·sign(A) so that ZeRO-3 can gather A for it)."""
+    pm, _ = _pair()
+    scales = list(_scales(pm).values())
+    penalty = pm.base_model.l1_penalty()
+    torch.testing.assert_close(penalty, LAM * sum(s.abs().sum() for s in scales))
+    penalty.backward()
+    for scale in scales:
+        torch.testing.assert_close(scale.grad, LAM * torch.sign(scale.detach()))

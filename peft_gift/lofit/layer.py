@@ -34,8 +34,8 @@ def add_l1_subgradient(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     forwards per backward, gradient checkpointing, ``torch.compile``d forwards, FSDP2's sharded ``DTensor``
     parameters), after a ``GradScaler`` unscaled the gradients and after gradient clipping; it is never part of a
     loss value, adds no work to the backward pass and needs no host synchronisation. Functional gradients
-    (``torch.func.grad``) and optimizers that are not ``torch.optim.Optimizer``s (DeepSpeed's ZeRO optimizers
-    update flat copies of the parameters) do not see it: set ``l1_lambda=0`` there and add
+    (``torch.func.grad``) do not see it, nor does DeepSpeed's ZeRO optimizer, which updates flat copies of the
+    parameters (a training forward there raises, see `_refuse_deepspeed_l1`): set ``l1_lambda=0`` there and add
     ``LofitModel.l1_penalty(l1_lambda=λ)`` to the loss yourself."""
     if not _PENALISED_LAYERS:
         return
@@ -52,6 +52,23 @@ def add_l1_subgradient(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
                 l1_lambda = lambdas.get(id(param))
                 if l1_lambda is not None and param.grad is not None:
                     param.grad.add_(torch.sign(param.detach()).to(param.grad.dtype), alpha=l1_lambda)
+
+
+# what DeepSpeed sets on the parameters its ZeRO optimizer owns: ``ds_id`` (stage 3), ``param_idx_in_group``
+# (stages 1 and 2; deepspeed/runtime/zero/stage_1_and_2.py)
+_DEEPSPEED_PARAM_MARKERS = ("ds_id", "param_idx_in_group")
+
+
+def _refuse_deepspeed_l1(scale: torch.Tensor, adapter_name: str) -> None:
+    """Raise if DeepSpeed's ZeRO optimizer updates ``scale``: it steps flat copies of the parameters, whose gradient
+    the step hook cannot reach, so ``l1_lambda`` would silently do nothing."""
+    if scale.requires_grad and any(hasattr(scale, marker) for marker in _DEEPSPEED_PARAM_MARKERS):
+        raise ValueError(
+            f"LoFiT adapter {adapter_name!r} has l1_lambda > 0 under DeepSpeed ZeRO, whose optimizer updates flat "
+            "copies of the parameters: the L1 term, added at each torch.optim step, would not be applied. Set "
+            "l1_lambda=0 in the LofitConfig and add `peft_model.base_model.l1_penalty(l1_lambda=λ)` to the training "
+            "loss (once per optimizer step: e.g. in Trainer.compute_loss; docs/distributed.md, DeepSpeed)."
+        )
 
 
 def _penalise(layer: LofitLayer) -> None:
@@ -184,6 +201,8 @@ class LofitLayer(InputEditLayer):
         scale = offset = None
         for name in adapter_names:
             if name in self.lofit_head_scale:
+                if self.lofit_l1_lambda.get(name, 0.0) > 0 and torch.is_grad_enabled():
+                    _refuse_deepspeed_l1(self.lofit_head_scale[name].weight, name)
                 s = self.get_scale_vector(name)
                 scale = s if scale is None else scale * s
             elif name in self.lofit_head_offset:

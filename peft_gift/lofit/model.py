@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional
 
 import torch
@@ -227,20 +227,23 @@ class LofitModel(InputEditTuner):
         the active ones), as a differentiable scalar; ``l1_lambda`` overrides each adapter's ``config.l1_lambda``.
         Offset adapters contribute nothing. A config with ``l1_lambda > 0`` already applies the term at every
         ``torch.optim`` optimizer step, so use this to log it (e.g. next to the loss), or for a custom objective with
-        ``l1_lambda=0`` in the config (functional gradients, DeepSpeed's ZeRO optimizers)."""
+        ``l1_lambda=0`` in the config (functional gradients, DeepSpeed's ZeRO optimizers). Under ZeRO-3 the scales are
+        gathered for the value; the gradient of the term is λ·sign(A), written so that its backward does not need
+        the (partitioned) A again."""
         names = self.active_adapters if adapter_names is None else (
             [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         )
         for name in names:
             if name not in self.peft_config:
                 raise ValueError(f"Adapter {name} does not exist; available: {sorted(self.peft_config)}")
-        total = None
-        for layer in self._lofit_layers():
-            for name in names:
-                if name not in layer.lofit_head_scale:
-                    continue
-                lam = self.peft_config[name].l1_lambda if l1_lambda is None else float(l1_lambda)
-                term = layer.lofit_head_scale[name].weight.abs().sum() * lam
+        terms = [(layer.lofit_head_scale[name].weight,
+                  self.peft_config[name].l1_lambda if l1_lambda is None else float(l1_lambda))
+                 for layer in self._lofit_layers() for name in names if name in layer.lofit_head_scale]
+        partitioned = [scale for scale, _ in terms if hasattr(scale, "ds_id")]  # DeepSpeed ZeRO-3
+        with _gathered(partitioned):
+            total = None
+            for scale, lam in terms:
+                term = (scale * torch.sign(scale.detach())).sum() * lam  # λ·Σ|A|, gradient λ·sign(A)
                 total = term if total is None else total + term.to(total.device)
         if total is None:
             param = next(self.model.parameters())
@@ -295,3 +298,12 @@ def loadable_biases(model: nn.Module) -> Iterator[None]:
     if any(id(m) in had_bias and not had_bias[id(m)] and getattr(m, "bias", None) is not None
            for m in model.modules()):
         LofitModel._make_biases_loadable(model)
+
+
+def _gathered(params: list):
+    """DeepSpeed ZeRO-3: ``params`` gathered whole for the duration (nothing to do for an empty list)."""
+    if not params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
