@@ -7,14 +7,13 @@ wrong shapes, non-float dtypes, NaN/inf. The check runs in PEFT's ``_remap_adapt
 any value is copied, so a refused file changes no existing adapter. An adapter that the failing ``from_pretrained`` /
 ``load_adapter`` call (of `PeftModel` or `PeftMixedModel`) itself created is removed again (for the only adapter: the
 tuner layers are unloaded and the base model's ``requires_grad`` flags and tags restored). Which adapters a call
-created is recorded while it runs: `loading_call` wraps those entry points (`peft_gift._registry` installs it) and our
-tuners note each adapter they inject during such a call.
+created is recorded while it runs: `track_loading_calls` (run by ``import peft_gift``) wraps those entry points with
+`loading_call`, and our tuners note each adapter they inject during such a call.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 from contextvars import ContextVar
 from typing import Optional
 
@@ -44,25 +43,19 @@ def loading_call(load):
     return wrapper
 
 
-def refuse_transformers_load_adapter(method: str) -> None:
-    """Raise a ``ValueError`` that says what to call instead when a config of a tuner with shared state is read by
-    transformers' ``model.load_adapter`` (also behind ``pipeline(model=<adapter dir>)``): that API injects with
-    ``inject_adapter_in_model``, which cannot host state kept on PEFT's tuner (GIFT's shared Θ)."""
-    try:
-        from transformers.integrations.peft import PeftAdapterMixin
-    except ImportError:  # pragma: no cover - transformers without the adapter integration
-        return
-    code, frame = PeftAdapterMixin.load_adapter.__code__, sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is code:
-            raise ValueError(
-                f"A {method} adapter cannot be loaded with transformers' `model.load_adapter` or `pipeline(model=<adapter "
-                f"dir>)`: {method} shares Θ across layers on PEFT's tuner, which that API does not create. After "
-                "`import peft_gift`, load it with `peft.PeftModel.from_pretrained(model, path)` or "
-                "`peft.AutoPeftModelForCausalLM.from_pretrained(path)` (or another `AutoPeftModelFor...`), and pass "
-                "that model to `pipeline(...)`."
-            )
-        frame = frame.f_back
+def track_loading_calls() -> None:
+    """Wrap ``PeftModel.from_pretrained`` / ``load_adapter`` and ``PeftMixedModel.from_pretrained`` (whose
+    ``load_adapter`` calls ``PeftModel``'s) with `loading_call`; a wrapper already there is replaced."""
+    from peft import PeftMixedModel, PeftModel
+
+    entry_points = ((PeftModel, "from_pretrained"), (PeftModel, "load_adapter"), (PeftMixedModel, "from_pretrained"))
+    for cls, name in entry_points:
+        attr = cls.__dict__[name]
+        func = attr.__func__ if isinstance(attr, classmethod) else attr
+        if getattr(func, "peft_gift_loading_call", False):
+            func = func.__wrapped__
+        wrapped = loading_call(func)
+        setattr(cls, name, classmethod(wrapped) if isinstance(attr, classmethod) else wrapped)
 
 
 def note_injection(tuner, adapter_name: str) -> None:

@@ -1,13 +1,10 @@
-"""The one place where peft-gift extends PEFT: new `PeftType` members, tuner registration, `PeftMixedModel`.
+"""PEFT's method registry, extended: real `PeftType` members for our tuners and their registration with PEFT.
 
 PEFT's `register_peft_method` only accepts names that are already members of the str-Enum
 `peft.utils.peft_types.PeftType`, and peft has no plugin discovery. So we add real enum members (``GIFT``,
-``LOFIT``) and then register our config/model classes. `PeftMixedModel` accepts a fixed tuple of types and builds
-PEFT's `MixedModel` by name, so `allow_in_peft_mixed_model` extends that tuple and points `PeftMixedModel` at
-`peft_gift.mixed.MixedModel` (PEFT's class extended to host our adapters). `track_loading_calls` wraps PEFT's loading
-entry points so that a refused adapter file removes exactly the adapters that the failing call created (see
-`peft_gift._checked_load`). Every step is idempotent: importing twice or `importlib.reload`-ing the package
-re-registers the current classes without duplicating anything.
+``LOFIT``) and then register our config/model classes. Registering is idempotent: importing twice or
+`importlib.reload`-ing the package re-registers the current classes without duplicating anything. This module imports
+nothing of peft_gift (`peft_gift/__init__.py` registers the tuners, `peft_gift.mixed` extends `PeftMixedModel`).
 """
 
 from __future__ import annotations
@@ -52,7 +49,7 @@ def ensure_peft_type(name: str, *, _force_fallback: bool = False) -> PeftType:
     return member
 
 
-def register(name: str, config_cls: type, model_cls: type) -> None:
+def register(name: str, config_cls: type, model_cls: type) -> PeftType:
     """Register a tuner under ``PeftType[name.upper()]`` with prefix ``name + "_"``; re-registering replaces."""
     from peft.mapping import (
         PEFT_TYPE_TO_CONFIG_MAPPING,
@@ -72,44 +69,7 @@ def register(name: str, config_cls: type, model_cls: type) -> None:
         mapping.pop(peft_type, None)
     register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=f"{name}_",
                          is_mixed_compatible=True)
-    allow_in_peft_mixed_model(peft_type, model_cls)
-    track_loading_calls()
-
-
-def track_loading_calls() -> None:
-    """Wrap ``PeftModel.from_pretrained`` / ``load_adapter`` and ``PeftMixedModel.from_pretrained`` (whose
-    ``load_adapter`` calls ``PeftModel``'s) with `_checked_load.loading_call`; a wrapper already there is replaced."""
-    from peft import PeftMixedModel, PeftModel
-
-    from ._checked_load import loading_call
-
-    entry_points = ((PeftModel, "from_pretrained"), (PeftModel, "load_adapter"), (PeftMixedModel, "from_pretrained"))
-    for cls, name in entry_points:
-        attr = cls.__dict__[name]
-        func = attr.__func__ if isinstance(attr, classmethod) else attr
-        if getattr(func, "peft_gift_loading_call", False):
-            func = func.__wrapped__
-        wrapped = loading_call(func)
-        setattr(cls, name, classmethod(wrapped) if isinstance(attr, classmethod) else wrapped)
-
-
-def allow_in_peft_mixed_model(peft_type: PeftType, model_cls: type) -> None:
-    """Let ``get_peft_model(..., mixed=True)`` / `PeftMixedModel` accept adapters of ``peft_type``: add it to the
-    accepted types, its parameter prefix and layer class to those PEFT's `MixedModel` recognises (trainability,
-    unloading, deleting, `set_adapter`), and make `PeftMixedModel` build `peft_gift.mixed.MixedModel`, which hands
-    the method-specific steps to ``model_cls``."""
-    import peft.mixed_model
-    import peft.tuners.mixed
-    import peft.tuners.mixed.model as mixed_model
-
-    from .mixed import MixedModel
-
-    for module in (peft.tuners.mixed, mixed_model):  # read by `PeftMixedModel`'s type check
-        module.COMPATIBLE_TUNER_TYPES = tuple(dict.fromkeys((*module.COMPATIBLE_TUNER_TYPES, peft_type)))
-    if model_cls.prefix not in mixed_model.PREFIXES:
-        mixed_model.PREFIXES.append(model_cls.prefix)
-    mixed_model.Layers = tuple(dict.fromkeys((*mixed_model.Layers, model_cls.tuner_layer_cls)))
-    peft.mixed_model.MixedModel = MixedModel  # the tuner `PeftMixedModel.__init__` builds
+    return peft_type
 
 
 GIFT = ensure_peft_type("GIFT")

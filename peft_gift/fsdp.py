@@ -11,11 +11,7 @@ with an unwrapped model is safe; the check catches models wrapped by hand before
 from __future__ import annotations
 
 from torch import nn
-
-try:
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - transformers is a dependency of peft
-    TrainerCallback = object
+from transformers import TrainerCallback
 
 
 def _is_fsdp2_module(module: nn.Module) -> bool:

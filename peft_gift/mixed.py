@@ -5,8 +5,9 @@ PEFT 0.21's `MixedModel` (the tuner behind `PeftMixedModel`) accepts a fixed tup
 fixed chain of config classes; ``register_peft_method(..., is_mixed_compatible=True)`` only lets
 `PeftMixedModel.from_pretrained` read the config. `MixedModel` here is PEFT's class with each step that depends on the
 adapter's method handing GIFT/LoFiT adapters to their own tuner's code (the same code `GiftModel` / `LofitModel` run);
-`_registry.allow_in_peft_mixed_model` adds our types, prefixes and layer classes to PEFT's lists and makes
-`PeftMixedModel` build this class.
+`allow_in_peft_mixed_model` (run by ``import peft_gift``) adds our types, prefixes and layer classes to PEFT's lists
+and makes `PeftMixedModel` build this class; PEFT's own types take PEFT's code paths unchanged. The PEFT names this
+relies on are checked at import (an ImportError names the PEFT version and what is missing).
 
 Where two adapters of different types target the same module, the one added later wraps the earlier one (as in
 PEFT for every type):
@@ -14,22 +15,60 @@ PEFT for every type):
     LoRA added after GIFT:   y = W(I + sφψ)x + (α/r)BAx
     GIFT added after LoRA:   y = (W + (α/r)BA)(I + sφψ)x
 
-`merge_and_unload()` and `merge_adapter()` merge nested layers inside out, so the merged weight is the same
-composition, and `unmerge_adapter()` undoes them outside in. Mixed-adapter batches (``adapter_names=``), saving and
+`merge_and_unload()` and `merge_adapter()` merge nested layers that hold a GIFT/LoFiT layer inside out, so the
+merged weight is the same composition, and `unmerge_adapter()` undoes them outside in (nests of PEFT's own layers
+merge as PEFT merges them). Mixed-adapter batches (``adapter_names=``), saving and
 model cards are not supported by `PeftMixedModel` for any type.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Optional, Union
 
+import peft
+import peft.mixed_model
+import peft.tuners.mixed
+import peft.tuners.mixed.model
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.mixed import MixedModel as PeftMixedTuner
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, onload_layer
 
-from .lofit.model import loadable_biases
+from .input_edit import InputEditLayer
 from .targets import candidate_modules
 from .tuner import InputEditTuner, injection
+
+# What this module reads, extends or replaces in PEFT (0.21). A release that renames one of them must fail at import,
+# not silently change how mixed models behave.
+_PEFT_NAMES = {
+    peft.tuners.mixed: {"COMPATIBLE_TUNER_TYPES": tuple, "MixedModel": type},
+    peft.tuners.mixed.model: {"COMPATIBLE_TUNER_TYPES": tuple, "PREFIXES": list, "Layers": tuple},
+    peft.mixed_model: {"MixedModel": type},
+}
+_PEFT_MIXED_MODEL_METHODS = (
+    "_check_new_adapter_config", "_prepare_adapter_config", "_check_target_module_exists", "inject_adapter",
+    "_create_and_replace", "_cast_adapter_dtype", "delete_adapter", "_unload_and_optionally_merge", "merge_adapter",
+    "_check_merge_allowed",
+)
+
+
+def _check_peft_names() -> None:
+    """Raise ImportError naming the PEFT version and every name this module needs that PEFT does not have (as the
+    expected type)."""
+    missing = [f"{module.__name__}.{name}" for module, names in _PEFT_NAMES.items() for name, kind in names.items()
+               if not isinstance(getattr(module, name, None), kind)]
+    tuner = getattr(peft.tuners.mixed, "MixedModel", None)
+    missing += [f"peft.tuners.mixed.MixedModel.{name}" for name in _PEFT_MIXED_MODEL_METHODS
+                if not hasattr(tuner, name)]
+    if missing:
+        raise ImportError(
+            f"peft_gift extends PEFT's mixed models (PeftMixedModel) through names of peft 0.21, which peft "
+            f"{peft.__version__} lacks or has changed: {', '.join(missing)}. Install peft 0.21.x or a peft_gift "
+            "release made for this peft."
+        )
+
+
+_check_peft_names()
+PeftMixedTuner = peft.tuners.mixed.MixedModel
 
 
 def _input_edit_tuner(config) -> Optional[type[InputEditTuner]]:
@@ -93,7 +132,10 @@ class MixedModel(PeftMixedTuner):
                 tuner._delete_own_state(self, name)
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
-        with loadable_biases(self.model):
+        tuners = {_input_edit_tuner(config) for config in self.peft_config.values()} - {None}
+        with ExitStack() as stack:
+            for tuner in tuners:
+                stack.enter_context(tuner._unloading(self.model))
             return super()._unload_and_optionally_merge(*args, **kwargs)
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
@@ -101,6 +143,7 @@ class MixedModel(PeftMixedTuner):
         weight (GIFT outside LoRA: (W + ΔW)(I + sφψ); LoRA outside GIFT: W(I + sφψ) + ΔW), so the inner layer merges
         first and the outer one merges into its result. PEFT's generic version merges the outer layer first, into the
         innermost weight. A merged layer outside a layer that merges now is unmerged and merged again on top of it.
+        A nest of PEFT's own layers only merges as PEFT merges it (its types behave as without peft_gift).
         `unmerge_adapter` (outer layers first) needs no change."""
         self._check_merge_allowed()
         for _, outer in candidate_modules(self.model):
@@ -109,6 +152,11 @@ class MixedModel(PeftMixedTuner):
             chain = [outer]  # outermost first
             while isinstance(chain[-1].base_layer, BaseTunerLayer):
                 chain.append(chain[-1].base_layer)
+            if not any(isinstance(layer, InputEditLayer) for layer in chain):
+                for layer in chain:
+                    with onload_layer(layer):
+                        layer.merge(adapter_names=adapter_names, safe_merge=safe_merge)
+                continue
             new = [[name for name in (layer.active_adapters if adapter_names is None else adapter_names)
                     if name in layer._all_available_adapter_names() and name not in layer.merged_adapters]
                    for layer in chain]
@@ -122,3 +170,17 @@ class MixedModel(PeftMixedTuner):
                 if names:
                     with onload_layer(layer):
                         layer.merge(safe_merge=safe_merge, adapter_names=names)
+
+
+def allow_in_peft_mixed_model(peft_type, model_cls: type[InputEditTuner]) -> None:
+    """Let ``get_peft_model(..., mixed=True)`` / `PeftMixedModel` accept adapters of ``peft_type``: add it to the
+    accepted types, its parameter prefix and layer class to those PEFT's `MixedModel` recognises (trainability,
+    unloading, deleting, `set_adapter`), and make `PeftMixedModel` build `MixedModel`, which hands the method-specific
+    steps to ``model_cls``. Idempotent."""
+    mixed_model = peft.tuners.mixed.model
+    for module in (peft.tuners.mixed, mixed_model):  # read by `PeftMixedModel`'s type check
+        module.COMPATIBLE_TUNER_TYPES = tuple(dict.fromkeys((*module.COMPATIBLE_TUNER_TYPES, peft_type)))
+    if model_cls.prefix not in mixed_model.PREFIXES:
+        mixed_model.PREFIXES.append(model_cls.prefix)
+    mixed_model.Layers = tuple(dict.fromkeys((*mixed_model.Layers, model_cls.tuner_layer_cls)))
+    peft.mixed_model.MixedModel = MixedModel  # the tuner `PeftMixedModel.__init__` builds

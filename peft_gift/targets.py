@@ -48,6 +48,14 @@ TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING: dict[str, Union[list[str], 
 
 DEFAULT_LAYER_PATTERNS = ("layers", "layer", "h", "block", "blocks")
 
+# what a `PeftModel` puts before the names of the wrapped model's modules
+PEFT_PREFIX = "base_model.model."
+
+
+def base_module_name(name: str) -> str:
+    """``name`` of a module in a `PeftModel` as the wrapped model names it (without ``base_model.model.``)."""
+    return name.removeprefix(PEFT_PREFIX)
+
 
 def normalize_module_names(value):
     """``target_modules`` / ``exclude_modules`` as PEFT stores them: a regex string stays a string, any other

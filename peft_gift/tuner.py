@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Iterator
 
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from ._bnb_cpu import keep_standard_4bit_layout
@@ -20,7 +20,7 @@ class InputEditTuner(BaseTuner):
     (the config fields that explain a shape mismatch in a refused adapter file).
 
     The steps that are specific to a method are classmethods taking the hosting tuner as an argument (``_injecting``,
-    ``_cast_own_state``, ``_delete_own_state``, ``_create_and_replace`` called unbound), so that PEFT's
+    ``_cast_own_state``, ``_delete_own_state``, ``_unloading``, ``_create_and_replace`` called unbound), so that PEFT's
     `MixedModel` can host our adapters beside LoRA with the same code (see `peft_gift.mixed`)."""
 
     method_name: str
@@ -41,7 +41,8 @@ class InputEditTuner(BaseTuner):
     @contextmanager
     def _injecting(cls, tuner: BaseTuner, model: nn.Module, config, adapter_name: str) -> Iterator[None]:
         """Around the injection of ``adapter_name`` into ``model`` by ``tuner``: check the config against the model
-        before any change (raise ValueError), undo partial work if the injection fails."""
+        before any change (raise ValueError), undo work on ``tuner`` if the injection fails (the layers are rolled back
+        by `injection`)."""
         yield
 
     @classmethod
@@ -51,6 +52,11 @@ class InputEditTuner(BaseTuner):
     @classmethod
     def _delete_own_state(cls, tuner: BaseTuner, adapter_name: str) -> None:
         """Remove state of ``adapter_name`` kept on ``tuner`` (not in the layers)."""
+
+    @classmethod
+    def _unloading(cls, model: nn.Module) -> AbstractContextManager:
+        """Around unloading (with or without merging) this method's layers out of ``model``."""
+        return nullcontext()
 
     def inject_adapter(self, model, adapter_name: str, *args, **kwargs) -> None:
         with injection(type(self), self, model, adapter_name):
@@ -64,6 +70,10 @@ class InputEditTuner(BaseTuner):
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self._delete_own_state(self, adapter_name)
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        with self._unloading(self.model):
+            return super()._unload_and_optionally_merge(*args, **kwargs)
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
         # Our layers keep the base layer and create their tensors on its device, so replacing is just that. PEFT's
@@ -90,14 +100,32 @@ class InputEditTuner(BaseTuner):
 def injection(tuner_cls: type[InputEditTuner], tuner: BaseTuner, model: nn.Module, adapter_name: str):
     """Wrap ``tuner``'s generic `BaseTuner.inject_adapter` of an adapter of method ``tuner_cls``: note which loading
     call creates it (checked loading), fill in default targets, run the method's checks and clean-up
-    (`InputEditTuner._injecting`), tag the model. A 4-bit base keeps bitsandbytes' standard layout
-    (`peft_gift._bnb_cpu`)."""
+    (`InputEditTuner._injecting`), roll the layers back if the injection fails, tag the model. A 4-bit base keeps
+    bitsandbytes' standard layout (`peft_gift._bnb_cpu`)."""
     keep_standard_4bit_layout(model)
     note_injection(tuner, adapter_name)
     if len(tuner.peft_config) == 1:  # what a failed first load restores
         snapshot_base_state(tuner, model)
     config = tuner_cls._prepare_adapter_config(tuner.peft_config[adapter_name], tuner.get_model_config(model))
+    existing = {id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)}
     with tuner_cls._injecting(tuner, model, config, adapter_name):
-        yield
+        try:
+            yield
+        except BaseException:
+            _remove_from_layers(tuner_cls.tuner_layer_cls, model, adapter_name, existing)
+            raise
     if hasattr(model, "add_model_tags"):
         model.add_model_tags([tuner_cls.method_name.lower()])
+
+
+def _remove_from_layers(layer_cls: type, model: nn.Module, adapter_name: str, existing: set[int]) -> None:
+    """Undo a failed injection of ``adapter_name``: layers that existed before (ids in ``existing``) drop it, layers
+    the injection created are replaced by their base layer again."""
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, layer_cls) or adapter_name not in module._all_available_adapter_names():
+            continue
+        if id(module) in existing:
+            module.delete_adapter(adapter_name)
+        else:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.base_layer)

@@ -101,12 +101,12 @@ def test_bad_gift_config(kwargs, exc, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(mode="shift"), r"`mode` must be one of"),
+    (dict(mode="shift"), r"LofitConfig.mode must be one of"),
     (dict(heads=[(0, 1), (0, 1)]), r"duplicate"),
     (dict(), r"LofitConfig\(\) needs `mode`: LoFiT is two stages\. Stage 1: LofitConfig\(mode='scale'"),
     (dict(mode="bias", heads=[]), r"heads is empty"),
     (dict(mode="scale", heads=[]), r"heads is empty \(mode='scale'\): select at least one"),
-    (dict(mode="scale", l1_lambda=float("nan")), r"`l1_lambda` must be a finite float"),
+    (dict(mode="scale", l1_lambda=float("nan")), r"LofitConfig.l1_lambda must be a finite number"),
 ])
 def test_bad_lofit_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

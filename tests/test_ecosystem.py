@@ -42,33 +42,6 @@ def test_trainable_token_indices_train_only_those_rows_and_round_trip(tmp_path, 
         torch.testing.assert_close(model_output(reloaded, text_inputs()), before)
 
 
-def test_lofit_file_written_before_head_vectors_were_modules_still_loads(tmp_path):
-    """Files of earlier releases name LoFiT's tensors ``...lofit_head_scale`` (no ``.weight``)."""
-    from safetensors.torch import save_file
-
-    pm = get_peft_model(tiny_llama(), CONFIGS["lofit"]())
-    pm.save_pretrained(tmp_path)
-    path = tmp_path / "adapter_model.safetensors"
-    save_file({k.removesuffix(".weight"): v for k, v in load_file(path).items()}, path)
-    reloaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
-    torch.testing.assert_close(model_output(reloaded, text_inputs()), model_output(pm, text_inputs()))
-
-
-def test_transformers_load_adapter_says_what_to_call_for_gift_and_works_for_lofit(tmp_path):
-    for method in ("gift", "lofit"):
-        pm = get_peft_model(tiny_llama(), CONFIGS[method]())
-        pm.save_pretrained(tmp_path / method)
-        model = tiny_llama()
-        if method == "gift":
-            with pytest.raises(ValueError, match=r"cannot be loaded with transformers' `model.load_adapter`.*"
-                                                 r"PeftModel.from_pretrained\(model, path\).*AutoPeftModelForCausalLM"):
-                model.load_adapter(str(tmp_path / method))
-            assert not any("gift" in type(m).__module__ for m in model.modules())
-        else:
-            model.load_adapter(str(tmp_path / method))
-            torch.testing.assert_close(model_output(model, text_inputs()), model_output(pm, text_inputs()))
-
-
 def test_model_status_reports_gift_theta(tmp_path):
     pm = get_peft_model(tiny_llama(), CONFIGS["gift"]())
     pm.add_adapter("other", CONFIGS["gift"]())

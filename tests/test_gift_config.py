@@ -40,6 +40,22 @@ def test_r_must_be_int(value):
         GiftConfig(r=value)
 
 
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    ({"layers_to_transform": [0, -1]}, ValueError, r"GiftConfig.layers_to_transform must be an int >= 0.*got \[0, -1\]"),
+    ({"layers_to_transform": "0"}, TypeError, r"GiftConfig.layers_to_transform must be an int >= 0.*got '0'"),
+    ({"sharing": "block"}, ValueError, r"GiftConfig.sharing must be one of \['module', 'all', 'layer'\], got 'block'"),
+])
+def test_shared_fields_and_message_style_match_lofit(kwargs, error, pattern):
+    """The fields both tuners share are declared and validated once (`peft_gift.config.InputEditConfig`), in one
+    style: TypeError for a wrong type, ValueError for a bad value, ``<Config>.<field> must be …, got …``."""
+    from peft_gift import LofitConfig
+    from peft_gift.config import InputEditConfig
+
+    assert issubclass(GiftConfig, InputEditConfig) and issubclass(LofitConfig, InputEditConfig)
+    with pytest.raises(error, match=pattern):
+        GiftConfig(**kwargs)
+
+
 def test_json_round_trip_exact(tmp_path):
     cfg = GiftConfig(
         r=16, alpha=32.0, sharing="layer", init="wegeft", dropout=0.1, target_modules=["v_proj", "q_proj"],

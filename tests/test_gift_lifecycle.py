@@ -172,6 +172,82 @@ def test_add_existing_name_raises_and_failed_add_leaves_no_state():
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
+def _failing_on_second_target(monkeypatch, tuner_cls):
+    """Make ``tuner_cls._create_and_replace`` raise after it has adapted one module (an injection failing midway)."""
+    original, calls = tuner_cls._create_and_replace, []
+
+    def create_and_replace(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injection failed midway")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tuner_cls, "_create_and_replace", create_and_replace)
+
+
+@pytest.mark.parametrize("method", ["gift", "lofit"])
+def test_an_injection_failing_midway_is_rolled_back_in_both_tuners(monkeypatch, method):
+    """A failure after some layers got the adapter leaves the model as it was: first adapter (the base model gets its
+    own modules back) and added adapter (existing layers drop it, layers it created are unwrapped)."""
+    from peft_gift import GiftModel, LofitConfig, LofitModel
+
+    tuner_cls = {"gift": GiftModel, "lofit": LofitModel}[method]
+
+    def config():
+        return GiftConfig(r=4, target_modules=["q_proj", "v_proj"]) if method == "gift" else \
+            LofitConfig(mode="scale", init_std=0.1)
+
+    base = tiny_llama()
+    types_before = {n: type(m) for n, m in base.named_modules()}
+    state_before = {k: v.clone() for k, v in base.state_dict().items()}
+    with monkeypatch.context() as patch:
+        _failing_on_second_target(patch, tuner_cls)
+        with pytest.raises(RuntimeError, match="midway"):
+            get_peft_model(base, config())
+    assert {n: type(m) for n, m in base.named_modules()} == types_before
+    assert all(torch.equal(v, state_before[k]) for k, v in base.state_dict().items())
+
+    model = get_peft_model(base, config())
+    types_before = {n: type(m) for n, m in model.named_modules()}
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    second = GiftConfig(r=4, target_modules=["v_proj", "o_proj"]) if method == "gift" else \
+        LofitConfig(mode="bias", heads=[[0, 1], [1, 2]])
+    with monkeypatch.context() as patch:
+        _failing_on_second_target(patch, tuner_cls)
+        with pytest.raises(RuntimeError, match="midway"):
+            model.add_adapter("new", second)
+    assert "new" not in model.peft_config
+    assert {n: type(m) for n, m in model.named_modules()} == types_before
+    after = model.state_dict()
+    assert set(after) == set(state_before) and all(torch.equal(after[k], state_before[k]) for k in after)
+    assert all("new" not in m._all_available_adapter_names() for m in model.modules() if isinstance(m, BaseTunerLayer))
+
+
+@pytest.mark.parametrize("method", ["gift", "lofit", "lora"])
+def test_transformers_adapter_api_refuses_gift_naming_why_as_peft_does(tmp_path, method):
+    """transformers 5.24's `model.add_adapter` refuses peft 0.21 for every method (LoRA too: it asks for a newer
+    peft). Its `model.load_adapter` injects with PEFT's `inject_adapter_in_model`, which refuses GIFT by PEFT's own
+    rule for tuners with shared state (naming it), and hosts LoFiT like LoRA."""
+    from peft_gift import LofitConfig
+
+    config = {"gift": lambda: GiftConfig(r=4), "lofit": lambda: LofitConfig(mode="scale", init_std=0.1),
+              "lora": lambda: LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)}[method]
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="version of PEFT you are using is not compatible"):
+        model.add_adapter(config())
+    pm = get_peft_model(tiny_llama(), config())
+    pm.save_pretrained(tmp_path)
+    model = tiny_llama()
+    if method == "gift":
+        with pytest.raises(ValueError, match=r"`inject_adapter_in_model` does not support PeftType.GIFT because it "
+                                             r"uses shared state stored on the tuner\. Please use `get_peft_model`"):
+            model.load_adapter(str(tmp_path))
+        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+    else:
+        model.load_adapter(str(tmp_path))
+        torch.testing.assert_close(model_output(model, text_inputs()), model_output(pm, text_inputs()))
+
+
 class _TwoLinears(nn.Module):
     def __init__(self):
         super().__init__()

@@ -433,23 +433,30 @@ def test_to_dict_equals_the_saved_json(tmp_path, make):
 
 # ---------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
-    "kwargs,pattern",
+    "kwargs,error,pattern",
     [
-        (dict(mode="shift"), r"`mode` must be one of \['scale', 'bias'\], got 'shift'"),
-        (dict(mode="bias", heads=[]), r"LofitConfig.heads is empty \(mode='bias'\)"),
-        (dict(mode="scale", heads=[]), r"LofitConfig.heads is empty \(mode='scale'\)"),
-        (dict(heads=[(0, -1)]), r"\(0, -1\).*negative.*0 <= head < num_heads"),
-        (dict(heads=[(-2, 0)]), r"\(-2, 0\).*negative.*0 <= layer < num_layers"),
-        (dict(heads=[(0, 1), (1, 1), [0, 1]]), r"duplicate.*\[\(0, 1\)\]"),
-        (dict(heads=[(0, 1, 2)]), r"pairs of two ints, got \(0, 1, 2\)"),
-        (dict(heads=[(0.5, 1)]), r"pairs of two ints"),
-        (dict(mode="bias", init_std=-1.0), r"`init_std` must be a finite float >= 0, got -1.0"),
-        (dict(mode="scale", l1_lambda=float("nan")), r"`l1_lambda` must be a finite float >= 0"),
-        (dict(mode="scale", num_heads=0), r"`num_heads` must be a positive int"),
+        (dict(mode="shift"), ValueError, r"LofitConfig.mode must be one of \['scale', 'bias'\], got 'shift'"),
+        (dict(mode="bias", heads=[]), ValueError, r"LofitConfig.heads is empty \(mode='bias'\)"),
+        (dict(mode="scale", heads=[]), ValueError, r"LofitConfig.heads is empty \(mode='scale'\)"),
+        (dict(heads=[(0, -1)]), ValueError, r"0 <= head < num_heads, got the negative \(0, -1\)"),
+        (dict(heads=[(-2, 0)]), ValueError, r"0 <= layer < num_layers.*got the negative \(-2, 0\)"),
+        (dict(heads=[(0, 1), (1, 1), [0, 1]]), ValueError, r"once, got the duplicates \[\(0, 1\)\]"),
+        (dict(heads=[(0, 1, 2)]), TypeError, r"pairs of two ints or None, got the entry \(0, 1, 2\)"),
+        (dict(heads=[(0.5, 1)]), TypeError, r"LofitConfig.heads must be a list of \(layer, head\) pairs of two ints"),
+        (dict(heads="0,1"), TypeError, r"LofitConfig.heads must be a list of .* got '0,1'"),
+        (dict(mode="bias", init_std=-1.0), ValueError, r"LofitConfig.init_std must be a finite number >= 0, got -1.0"),
+        (dict(mode="scale", l1_lambda=float("nan")), ValueError, r"LofitConfig.l1_lambda must be a finite number >= 0"),
+        (dict(mode="scale", l1_lambda="0.1"), TypeError, r"LofitConfig.l1_lambda must be a finite number >= 0, got"),
+        (dict(mode="scale", num_heads=0), ValueError, r"LofitConfig.num_heads must be >= 1 or None, got 0"),
+        (dict(mode="scale", head_dim=2.0), TypeError, r"LofitConfig.head_dim must be an int >= 1 or None, got 2.0"),
+        (dict(mode="scale", layers_to_transform=[-1]), ValueError, r"LofitConfig.layers_to_transform must be an int"),
+        (dict(mode="scale", layers_to_transform="1"), TypeError, r"LofitConfig.layers_to_transform must be an int"),
     ],
 )
-def test_bad_config_values_raise(kwargs, pattern):
-    with pytest.raises(ValueError, match=pattern):
+def test_bad_config_values_raise(kwargs, error, pattern):
+    """One validation style for both tuners: TypeError for a wrong type, ValueError for a bad value, the message
+    ``<Config>.<field> must be …, got …`` (GIFT's twin: tests/test_gift_config.py)."""
+    with pytest.raises(error, match=pattern):
         LofitConfig(**kwargs)
 
 

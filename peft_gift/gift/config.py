@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
-from peft.config import PeftConfig
-
-from .._checked_load import refuse_transformers_load_adapter
 from .._registry import GIFT
-from ..targets import normalize_module_names
+from ..config import InputEditConfig, check_choice, fail, is_int, is_real
 
 SHARING_MODES = ("module", "all", "layer")
 INIT_SCHEMES = ("gift", "wegeft")
 
 
 @dataclass
-class GiftConfig(PeftConfig):
+class GiftConfig(InputEditConfig):
     """Configuration of a GIFT adapter.
 
     For every targeted frozen linear layer W (d_out × d_in) the fine-tuned weight is
@@ -31,7 +27,9 @@ class GiftConfig(PeftConfig):
     Args:
         r (`int`): rank of Θ = (φ: d_in×r, ψ: r×d_in), >= 1. Default 64 (the paper's LLM setting).
         target_modules (`list[str] | str`, *optional*): linear layers to adapt (list: exact name or suffix match; str:
-            regex full match). ``None`` picks the model type's default (q,v projections; GPT-2 ``c_attn``).
+            regex full match). ``None`` picks the model type's default: q,v projections of language models
+            (Llama/Mistral/Qwen2/Gemma ``q_proj,v_proj``, GPT-2 ``c_attn``, BERT/RoBERTa ``query,value``, T5 ``q,v``),
+            the attention output projection ``o_proj`` of ViT/DINOv2.
         exclude_modules (`list[str] | str`, *optional*): layers never to adapt (same matching).
         sharing (`str`): ``"module"`` one Θ per module path without layer indices (the paper), ``"all"`` one Θ for
             every targeted layer (equal in_features required), ``"layer"`` one Θ per layer.
@@ -40,26 +38,14 @@ class GiftConfig(PeftConfig):
         dropout (`float`): dropout probability on the adapter path input, in [0, 1).
         layers_to_transform (`int | list[int]`, *optional*): only adapt layers with these indices (list or regex
             targets alike).
-        layers_pattern (`str | list[str]`, *optional*): name of the layer container holding those indices.
+        layers_pattern (`str | list[str]`, *optional*): name of the layer container holding those indices (needs
+            ``layers_to_transform``).
         modules_to_save (`list[str]`, *optional*): modules trained in full and saved (e.g. a classifier head).
         trainable_token_indices (`list[int] | dict[str, list[int]]`, *optional*): token ids whose embedding rows are
             trained and saved with the adapter (PEFT's trainable tokens, as for LoRA).
     """
 
     r: int = field(default=64, metadata={"help": "Rank r of Θ = (φ: d_in×r, ψ: r×d_in). Must be >= 1."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None,
-        metadata={
-            "help": (
-                "Module names (suffix match) or one regex (full match) of the linear layers to adapt. None picks the "
-                "default for the model type: Llama/Mistral/Qwen2/Gemma/ViT/DINOv2 `q_proj,v_proj`, GPT-2 `c_attn`, "
-                "BERT/RoBERTa `query,value`, T5 `q,v`."
-            )
-        },
-    )
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Module names or a regex of layers never to adapt."}
-    )
     sharing: Literal["module", "all", "layer"] = field(
         default="module",
         metadata={
@@ -85,52 +71,25 @@ class GiftConfig(PeftConfig):
     dropout: float = field(
         default=0.0, metadata={"help": "Dropout probability on the adapter path input: W(x + s·φψ·dropout(x))."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt layers with these indices (needs a `layers` container)."}
-    )
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Name of the layer container, used with `layers_to_transform`."}
-    )
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Extra modules trained in full and saved, e.g. a classifier head."}
-    )
-
-    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
-        default=None,
-        metadata={
-            "help": (
-                "Token ids whose embedding rows are trained (and saved with the adapter) without training the whole "
-                "embedding matrix, handled by PEFT as for LoRA: a list targets the input embedding, a dict maps "
-                "embedding module names to id lists, e.g. {'embed_tokens': [0, 1]}. TRL sets it when a chat template "
-                "adds tokens."
-            )
-        },
-    )
 
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = GIFT
-        refuse_transformers_load_adapter("GIFT")
-        if isinstance(self.r, bool) or not isinstance(self.r, int):
-            raise TypeError(f"GiftConfig.r must be an int >= 1, got {self.r!r}")
+        if not is_int(self.r):
+            fail(self, "r", "an int >= 1", TypeError)
         if self.r < 1:
-            raise ValueError(f"GiftConfig.r must be >= 1, got {self.r}")
-        if self.sharing not in SHARING_MODES:
-            raise ValueError(f"GiftConfig.sharing must be one of {SHARING_MODES}, got {self.sharing!r}")
-        if self.init not in INIT_SCHEMES:
-            raise ValueError(f"GiftConfig.init must be one of {INIT_SCHEMES}, got {self.init!r}")
-        if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
-                raise TypeError(f"GiftConfig.alpha must be a number > 0 or None, got {self.alpha!r}")
-            if not (math.isfinite(self.alpha) and self.alpha > 0):
-                raise ValueError(f"GiftConfig.alpha must be a finite number > 0 or None, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
-            raise TypeError(f"GiftConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+            fail(self, "r", ">= 1")
+        check_choice(self, "sharing", SHARING_MODES)
+        check_choice(self, "init", INIT_SCHEMES)
+        if self.alpha is not None and not is_real(self.alpha):
+            fail(self, "alpha", "a number > 0 or None", TypeError)
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            fail(self, "alpha", "a finite number > 0 or None")
+        if not is_real(self.dropout):
+            fail(self, "dropout", "a float in [0, 1)", TypeError)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GiftConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            fail(self, "dropout", "in [0, 1)")
         self.dropout = float(self.dropout)
-        self.target_modules = normalize_module_names(self.target_modules)
-        self.exclude_modules = normalize_module_names(self.exclude_modules)
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("GiftConfig.layers_pattern requires layers_to_transform to be set")
 

@@ -69,8 +69,9 @@ class GiftLayer(InputEditLayer):
         self.fan_in_fan_out = isinstance(self.get_base_layer(), Conv1D)  # Conv1D stores its weight as (in, out)
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, theta: tuple[SharedTheta, SharedTheta], group: str, config) -> None:
-        """Attach adapter ``adapter_name``: its (φ, ψ) containers on the tuner, its group, scale and dropout."""
+    def update_layer(self, adapter_name: str, config, *, theta: tuple[SharedTheta, SharedTheta], group: str) -> None:
+        """Attach adapter ``adapter_name`` (a `GiftConfig`): its (φ, ψ) containers on the tuner, its group, scale and
+        dropout."""
         self.gift_theta[adapter_name] = nn.ModuleDict({"phi": theta[0], "psi": theta[1]})
         self.gift_group[adapter_name] = group
         self.gift_scaling[adapter_name] = config.scaling
@@ -278,11 +279,11 @@ class Linear(nn.Module, GiftLayer):
     """GIFT on a linear layer (``nn.Linear``, GPT-2 ``Conv1D`` or a quantized linear): y = W(x + s·φ(ψx)) + b,
     i.e. Ŵ = W(I + s·φψ). Never builds a d_out×d_in or d_out×r product during the forward pass."""
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, theta, group: str, config, **kwargs) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, *, theta, group: str, **kwargs) -> None:
         super().__init__()
         GiftLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, theta, group, config)
+        self.update_layer(adapter_name, config, theta=theta, group=group)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
         return self.edited_forward(x, *args, adapter_names=adapter_names, **kwargs)

@@ -121,11 +121,8 @@ class GiftModel(InputEditTuner):
         flags = [(p, p.requires_grad) for p in others]
         try:
             yield
-        except Exception:
+        except BaseException:
             cls._delete_own_state(tuner, adapter_name)
-            for module in model.modules():
-                if isinstance(module, GiftLayer) and adapter_name in module.gift_group:
-                    module.delete_adapter(adapter_name)
             raise
         finally:
             for param, requires_grad in flags:
@@ -153,7 +150,7 @@ class GiftModel(InputEditTuner):
         weight = base.weight if hasattr(base, "weight") else next(base.parameters())
         theta = _theta_containers(self, adapter_name, group, peft_config, in_features, weight)
         if isinstance(target, GiftLayer):
-            target.update_layer(adapter_name, theta, group, peft_config)
+            target.update_layer(adapter_name, peft_config, theta=theta, group=group)
             return
-        new_module = Linear(target, adapter_name, theta=theta, group=group, config=peft_config)
+        new_module = Linear(target, adapter_name, peft_config, theta=theta, group=group)
         self._replace_module(parent, target_name, new_module, target)

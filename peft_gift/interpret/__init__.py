@@ -17,11 +17,10 @@ LoFiT (z_h ← (1 + A_h) ⊙ z_h + v_h, see :class:`peft_gift.LofitConfig`)
     * :func:`lofit_offset_vectors`, :func:`decode_lofit_offsets` — what each offset head writes into the residual
       stream (W_o[:, head] · v_h) and the tokens it promotes through the final norm and the LM head.
 
-Pictures (PNG/HTML) of these numbers: :mod:`peft_gift.recipes.render` and ``scripts/visualize.py`` (the ``train``
-extra, which brings matplotlib).
+Pictures (PNG/HTML) of these numbers: :mod:`peft_gift.interpret.figures` (matplotlib, imported when drawing) and
+``scripts/visualize.py`` (the ``train`` extra brings matplotlib).
 """
 
-from ._common import _hf_model, _resolve_names, _short
 from .decode import decode_gift_channels, decode_lofit_offsets, decode_vectors
 from .gift import (
     channel_scores,
@@ -45,7 +44,4 @@ __all__ = [
     "lofit_head_score_grid",
     "lofit_offset_vectors",
     "decode_lofit_offsets",
-    "_hf_model",
-    "_resolve_names",
-    "_short",
 ]

@@ -7,11 +7,7 @@ from typing import Iterable, Mapping, Sequence
 
 from torch import nn
 
-_PEFT_PREFIX = "base_model.model."
-
-
-def _short(name: str) -> str:
-    return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+from ..targets import base_module_name as _short
 
 
 def _hf_model(model: nn.Module) -> nn.Module:

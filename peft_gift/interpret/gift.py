@@ -109,28 +109,8 @@ def channel_scores(
     adapter_name, selected = _selected_gift_layers(model, list(centres), adapter_name)
     weights = {name: layer.unmerged_weight().detach() for name, layer in selected.items()}
     captured: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str, layer: GiftLayer):
-        def hook(module, args, result):
-            # y from the captured input and adapter_name's own Θ: the module's output would be the *active*
-            # adapters' (or, inside disable_adapter, the base layer's) output instead.
-            x = args[0].detach().double()
-            if output == "adapted":
-                phi, psi = (t.detach().to(device=x.device, dtype=torch.float64) for t in layer.theta(adapter_name))
-                x = x + layer.gift_scaling[adapter_name] * (x @ psi.T) @ phi.T
-            y = x @ weights[name].to(x.device).T
-            bias = getattr(module.get_base_layer(), "bias", None)
-            if bias is not None:
-                y = y + bias.detach().double().to(y.device)
-            if name in captured:
-                raise ValueError(
-                    f"Layer {name!r} ran more than once in one forward pass; channel scores need one call per layer."
-                )
-            captured[name] = y
-
-        return hook
-
-    handles = [layer.register_forward_hook(make_hook(name, layer)) for name, layer in selected.items()]
+    handles = [layer.register_forward_hook(_output_hook(name, layer, weights[name], adapter_name, output, captured))
+               for name, layer in selected.items()]
     try:
         with _eval_mode(model), torch.no_grad():
             _run_model(model, inputs)
@@ -141,6 +121,29 @@ def channel_scores(
     if missing:
         raise ValueError(f"Layers {missing} did not run on these inputs; check `inputs` and `layers`.")
     return {name: (captured[name] @ centres[name].to(captured[name].device).double()).float() for name in centres}
+
+
+def _output_hook(name: str, layer: GiftLayer, weight: torch.Tensor, adapter_name: str, output: str,
+                 captured: dict[str, torch.Tensor]):
+    """A forward hook storing in ``captured[name]`` the layer's y (float64) for ``output`` (see `channel_scores`)."""
+    def hook(module, args, result):
+        # y from the captured input and adapter_name's own Θ: the module's output would be the *active*
+        # adapters' (or, inside disable_adapter, the base layer's) output instead.
+        x = args[0].detach().double()
+        if output == "adapted":
+            phi, psi = (t.detach().to(device=x.device, dtype=torch.float64) for t in layer.theta(adapter_name))
+            x = x + layer.gift_scaling[adapter_name] * (x @ psi.T) @ phi.T
+        y = x @ weight.to(x.device).T
+        bias = getattr(module.get_base_layer(), "bias", None)
+        if bias is not None:
+            y = y + bias.detach().double().to(y.device)
+        if name in captured:
+            raise ValueError(
+                f"Layer {name!r} ran more than once in one forward pass; channel scores need one call per layer."
+            )
+        captured[name] = y
+
+    return hook
 
 
 def patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int, int]:

@@ -3,54 +3,49 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Optional, Union
-
-from peft.config import PeftConfig
+from typing import Optional
 
 from .._registry import LOFIT
-from ..targets import normalize_module_names
+from ..config import InputEditConfig, check_choice, fail, is_int, is_real
 
+# the stored values of `mode` ("bias" is the offset mode: z_h + v_h; files keep this value)
 VALID_MODES = ("scale", "bias")
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def normalize_heads(heads) -> Optional[list[list[int]]]:
     """Return ``heads`` as a sorted list of ``[layer, head]`` int lists (as JSON holds them, so that ``to_dict()``
     equals the saved file); validate each pair.
 
-    Raises ``ValueError`` for a malformed pair, a negative index or a duplicate pair.
+    Raises ``TypeError`` for something that is not a list of int pairs, ``ValueError`` for a negative index or a
+    duplicate pair.
     """
     if heads is None:
         return None
+    requirement = "a list of (layer, head) pairs of two ints or None"
     if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
-        raise ValueError(f"`heads` must be a list of (layer, head) pairs or None, got {heads!r}.")
+        raise TypeError(f"LofitConfig.heads must be {requirement}, got {heads!r}")
     pairs = []
     for item in heads:
-        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
-            raise ValueError(f"`heads` entries must be (layer, head) pairs of two ints, got {item!r}.")
-        layer, head = item
-        if not (_is_int(layer) and _is_int(head)):
-            raise ValueError(f"`heads` entries must be (layer, head) pairs of two ints, got {item!r}.")
-        layer, head = int(layer), int(head)
-        if layer < 0 or head < 0:
-            raise ValueError(
-                f"`heads` contains ({layer}, {head}) with a negative index; valid layers are 0 <= layer < num_layers "
-                f"and valid heads are 0 <= head < num_heads."
-            )
-        pairs.append((layer, head))
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2 \
+                or not all(map(is_int, item)):
+            raise TypeError(f"LofitConfig.heads must be {requirement}, got the entry {item!r}")
+        pairs.append((int(item[0]), int(item[1])))
+    negative = [pair for pair in pairs if min(pair) < 0]
+    if negative:
+        raise ValueError(
+            f"LofitConfig.heads must hold indices 0 <= layer < num_layers and 0 <= head < num_heads, got the "
+            f"negative {negative[0]}"
+        )
     seen = set()
     duplicates = sorted({p for p in pairs if p in seen or seen.add(p)})
     if duplicates:
-        raise ValueError(f"`heads` contains duplicate (layer, head) pairs: {duplicates}; each pair may appear once.")
+        raise ValueError(f"LofitConfig.heads must hold each (layer, head) pair once, got the duplicates {duplicates}")
     return [list(pair) for pair in sorted(pairs)]
 
 
 @dataclass
-class LofitConfig(PeftConfig):
+class LofitConfig(InputEditConfig):
     r"""Configuration of a [`LofitModel`] (LoFiT: localized fine-tuning on LLM representations).
 
     LoFiT edits the per-head attention outputs z_h (the *input* of the attention output projection, heads
@@ -59,9 +54,10 @@ class LofitConfig(PeftConfig):
         mode="scale" (stage 1):   z_h <- (1 + A_h) * z_h        for every head of every targeted layer
         mode="bias"  (stage 2):   z_h <- z_h + v_h              for the selected (layer, head) pairs only
 
-    A_h, v_h are vectors of size ``head_dim``, initialised from N(0, init_std^2). In scale mode the training loss gains
-    ``l1_lambda * sum(|A|)`` (sparsity), the heads are then ranked with [`select_heads`] by ||A_h||_2, and stage 2
-    learns offsets on those heads only (see [`lofit_stage2_config`]).
+    A_h, v_h are vectors of size ``head_dim``, initialised from N(0, init_std^2). In scale mode training minimises the
+    loss plus ``l1_lambda * sum(|A|)`` (sparsity; the term's gradient is added at each optimizer step, see
+    [`LofitModel`]), the heads are then ranked with [`select_heads`] by ||A_h||_2, and stage 2 learns offsets on those
+    heads only (see [`lofit_stage2_config`]). The offset mode is stored as ``"bias"`` (its value in saved files).
 
     Args:
         mode (`str`, *optional*): ``"scale"`` (stage 1, learn A for every head) or ``"bias"`` (stage 2, learn v for
@@ -73,8 +69,9 @@ class LofitConfig(PeftConfig):
             wrapped, and the number of trainable parameters is exactly ``len(heads) * head_dim``. In scale mode a
             list restricts the layers that get a scale tensor (a full ``(num_heads, head_dim)`` tensor per layer).
             Stored sorted, as ``[layer, head]`` lists (the JSON form; tuples are accepted).
-        l1_lambda (`float`): weight λ of the L1 penalty ``λ·Σ|A|`` added to the model's loss in scale mode (0 disables
-            it). Ignored in bias mode.
+        l1_lambda (`float`): weight λ of the L1 penalty ``λ·Σ|A|`` in scale mode (0 disables it): its gradient
+            λ·sign(A) is added to A's gradient at each ``torch.optim`` optimizer step; the reported loss does not
+            contain it (``LofitModel.l1_penalty`` gives its value). Ignored in bias mode.
         init_std (`float`): standard deviation of the normal initialisation of A and v; ``0`` gives the identity
             (the adapted model equals the base model).
         target_modules (`list[str] | str`, *optional*): the attention output projections to adapt (list: exact name or
@@ -108,15 +105,11 @@ class LofitConfig(PeftConfig):
         metadata={"help": "(layer, head) pairs to adapt; None = every head of every targeted layer."},
     )
     l1_lambda: float = field(
-        default=0.0, metadata={"help": "Weight of the L1 penalty l1_lambda * sum(|A|) added to the loss in scale mode."}
+        default=0.0, metadata={"help": "Weight λ of the L1 penalty λ·Σ|A| in scale mode, applied as λ·sign(A) at "
+                          "each optimizer step (not part of the reported loss)."}
     )
     init_std: float = field(
         default=1e-3, metadata={"help": "Std of the N(0, init_std^2) initialisation of A and v; 0 gives the identity."}
-    )
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None,
-        metadata={"help": "Attention output projections to adapt (list: suffix match, str: regex). None = per-model "
-                          "default (o_proj, GPT-2 attn.c_proj, BERT attention.output.dense)."},
     )
     num_heads: Optional[int] = field(
         default=None, metadata={"help": "Number of attention heads; None = read from the model config."}
@@ -124,31 +117,6 @@ class LofitConfig(PeftConfig):
     head_dim: Optional[int] = field(
         default=None,
         metadata={"help": "Head width; None = model config head_dim if present else hidden_size // num_heads."},
-    )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Only adapt the projections in these layer indices."}
-    )
-    layers_pattern: Optional[Union[list[str], str]] = field(
-        default=None,
-        metadata={"help": "Name of the layer list (e.g. 'layers', 'h'); the layer index is the number after it."},
-    )
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Modules never to adapt (list: suffix match, str: regex)."}
-    )
-    modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "Extra modules trained fully and saved, e.g. a classification head."}
-    )
-
-    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
-        default=None,
-        metadata={
-            "help": (
-                "Token ids whose embedding rows are trained (and saved with the adapter) without training the whole "
-                "embedding matrix, handled by PEFT as for LoRA: a list targets the input embedding, a dict maps "
-                "embedding module names to id lists, e.g. {'embed_tokens': [0, 1]}. TRL sets it when a chat template "
-                "adds tokens."
-            )
-        },
     )
 
     def __post_init__(self):
@@ -163,8 +131,7 @@ class LofitConfig(PeftConfig):
                     "Offsets on every head are an ablation: LofitConfig(mode='bias', heads=None)."
                 )
             self.mode = "bias"
-        if self.mode not in VALID_MODES:
-            raise ValueError(f"`mode` must be one of {list(VALID_MODES)}, got {self.mode!r}.")
+        check_choice(self, "mode", VALID_MODES)
         self.heads = normalize_heads(self.heads)
         if self.heads is not None and len(self.heads) == 0:
             raise ValueError(
@@ -172,22 +139,16 @@ class LofitConfig(PeftConfig):
                 "peft_gift.select_heads), or pass heads=None to adapt every head."
             )
         for name in ("l1_lambda", "init_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
-            setattr(self, name, float(value))
+            if not is_real(getattr(self, name)):
+                fail(self, name, "a finite number >= 0", TypeError)
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                fail(self, name, "a finite number >= 0")
+            setattr(self, name, float(getattr(self, name)))
         for name in ("num_heads", "head_dim"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
-        if self.layers_to_transform is not None:
-            layers = [self.layers_to_transform] if _is_int(self.layers_to_transform) else self.layers_to_transform
-            if not isinstance(layers, (list, tuple)) or not all(_is_int(x) and x >= 0 for x in layers):
-                raise ValueError(
-                    f"`layers_to_transform` must be an int >= 0 or a list of them, got {self.layers_to_transform!r}."
-                )
-        self.target_modules = normalize_module_names(self.target_modules)
-        self.exclude_modules = normalize_module_names(self.exclude_modules)
+            if getattr(self, name) is not None and not is_int(getattr(self, name)):
+                fail(self, name, "an int >= 1 or None", TypeError)
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                fail(self, name, ">= 1 or None")
 
     @property
     def selected_layers(self) -> Optional[set[int]]:

@@ -129,19 +129,11 @@ class LofitLayer(InputEditLayer):
         self.fan_in_fan_out = isinstance(base, Conv1D)  # Conv1D stores its weight as (in, out)
 
     # ------------------------------------------------------------------ adapters
-    def update_layer(
-        self,
-        adapter_name: str,
-        mode: str,
-        num_heads: int,
-        head_dim: int,
-        heads: Optional[list[int]],
-        init_std: float,
-        l1_lambda: float = 0.0,
-        inference_mode: bool = False,
-    ) -> None:
-        """Create the parameters of ``adapter_name``: a ``(K, head_dim)`` tensor for the heads in ``heads``
-        (``None`` = all ``num_heads``), drawn from N(0, init_std^2); a scale adapter also records its λ."""
+    def update_layer(self, adapter_name: str, config, *, heads: Optional[list[int]] = None) -> None:
+        """Create the parameters of ``adapter_name`` (a `LofitConfig` whose ``num_heads``/``head_dim`` are resolved):
+        a ``(K, head_dim)`` tensor for the heads of this layer in ``heads`` (``None`` = all ``num_heads``), drawn from
+        N(0, init_std^2); a scale adapter also records its λ."""
+        mode, num_heads, head_dim = config.mode, config.num_heads, config.head_dim
         if num_heads * head_dim != self.in_features:
             raise ValueError(
                 f"in_features={self.in_features} of layer {self.layer_index} != num_heads * head_dim = "
@@ -151,25 +143,25 @@ class LofitLayer(InputEditLayer):
         if not head_ids or head_ids[0] < 0 or head_ids[-1] >= num_heads or len(set(head_ids)) != len(head_ids):
             raise ValueError(f"heads {head_ids} of layer {self.layer_index} must be unique and in [0, {num_heads}).")
         values = torch.zeros(len(head_ids), head_dim)
-        if init_std > 0:
-            values.normal_(0.0, init_std)
+        if config.init_std > 0:
+            values.normal_(0.0, config.init_std)
         container = self.lofit_head_scale if mode == "scale" else self.lofit_head_offset
         container[adapter_name] = HeadVectors(values)
         self.lofit_head_index[adapter_name] = torch.tensor(head_ids, dtype=torch.long)
         self.head_shapes[adapter_name] = (num_heads, head_dim)
         if mode == "scale":
-            self.lofit_l1_lambda[adapter_name] = float(l1_lambda)
-            if l1_lambda > 0:
+            self.lofit_l1_lambda[adapter_name] = float(config.l1_lambda)
+            if config.l1_lambda > 0:
                 _penalise(self)
         self._move_adapter_to_device_of_base_layer(adapter_name)
-        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self.head_shapes.pop(adapter_name, None)
 
     def adapter_mode(self, adapter_name: str) -> Optional[str]:
-        """"scale", "bias" or None when this layer has no parameters for ``adapter_name``."""
+        """"scale", "bias" (offsets) or None when this layer has no parameters for ``adapter_name``."""
         if adapter_name in self.lofit_head_scale:
             return "scale"
         if adapter_name in self.lofit_head_offset:
@@ -338,31 +330,15 @@ class Linear(nn.Module, LofitLayer):
     active offset adapters. Applied at every position; vectorised over heads (no loop over heads).
     """
 
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        adapter_name: str,
-        layer_index: int,
-        mode: str,
-        num_heads: int,
-        head_dim: int,
-        heads: Optional[list[int]],
-        init_std: float,
-        l1_lambda: float = 0.0,
-        inference_mode: bool = False,
-        **kwargs,
-    ) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, *, layer_index: Optional[int],
+                 heads: Optional[list[int]] = None, **kwargs) -> None:
         super().__init__()
         LofitLayer.__init__(self, base_layer, layer_index=layer_index)
         self._active_adapter = adapter_name
-        self.update_layer(
-            adapter_name, mode=mode, num_heads=num_heads, head_dim=head_dim, heads=heads, init_std=init_std,
-            l1_lambda=l1_lambda, inference_mode=inference_mode,
-        )
+        self.update_layer(adapter_name, config, heads=heads)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
         return self.edited_forward(x, *args, adapter_names=adapter_names, **kwargs)
 
     def __repr__(self) -> str:
-        rep = super().__repr__()
-        return "lofit." + rep
+        return "lofit." + super().__repr__()

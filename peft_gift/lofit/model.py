@@ -75,13 +75,6 @@ class LofitModel(InputEditTuner):
         return f"mode={config.mode!r}, heads={config.heads}"
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        # files written before the per-head vectors became `HeadVectors` modules name them without ".weight"
-        legacy = (".lofit_head_scale", ".lofit_head_offset")
-        state_dict = {key + ".weight" if key.endswith(legacy) else key: value for key, value in state_dict.items()}
-        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-
-    @classmethod
     def _check_target_module_exists(cls, peft_config: LofitConfig, key: str):
         """Name matching and ``layers_to_transform``, then only the layers that hold a selected head."""
         result = match_target(peft_config, key)
@@ -119,75 +112,18 @@ class LofitModel(InputEditTuner):
         """Check the config against the model; raise ValueError before any module is replaced.
 
         Returns the resolved (num_heads, head_dim), or None when nothing matches (peft then raises its own error)."""
-        candidates = {}  # every match of target_modules, ignoring layers_to_transform and heads: key -> base layer
-        for key, module in candidate_modules(model):
-            result = match_target(config, key, apply_layer_filter=False)
-            if result and not isinstance(result, _ExcludedModule):
-                base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-                backend = resolve_quantization_backend(base, get_apply_tensor_subclass=lambda: None)
-                if backend is not None:  # bnb's Linear4bit/Linear8bitLt and torchao weights pass the check below
-                    raise ValueError(
-                        f"LoFiT cannot adapt the quantized {type(base).__name__} {key!r} (backend "
-                        f"{getattr(backend, 'backend_name', '') or type(backend).__name__}): LoFiT supports unquantized "
-                        "torch.nn.Linear and transformers Conv1D attention output projections. Keep the output "
-                        "projections unquantized (e.g. BitsAndBytesConfig(..., llm_int8_skip_modules=['o_proj', "
-                        "'lm_head'])), or use GIFT, which supports quantized bases."
-                    )
-                if not isinstance(base, (nn.Linear, Conv1D)):
-                    raise ValueError(
-                        f"Target module {key!r} is a {type(base).__name__}; LoFiT supports torch.nn.Linear and "
-                        "transformers Conv1D attention output projections."
-                    )
-                candidates[key] = base
+        candidates = _target_bases(model, config)
         if not candidates:
             return None
-
-        needs_index = config.heads is not None or config.layers_to_transform is not None
         layers = {key: layer_index_of(key, config.layers_pattern) for key in candidates}
-        unnumbered = [key for key, layer in layers.items() if layer is None]
-        if unnumbered and needs_index:
-            field_name = "heads" if config.heads is not None else "layers_to_transform"
-            raise ValueError(
-                f"LofitConfig.{field_name} names layers by index, but target module {unnumbered[0]!r} has no layer "
-                f"index (a number after one of "
-                f"{list(DEFAULT_LAYER_PATTERNS) if config.layers_pattern is None else config.layers_pattern}). Set "
-                f"`layers_pattern` to the name of the layer container, or adapt every head (heads=None)."
-            )
+        needs_index = config.heads is not None or config.layers_to_transform is not None
+        if needs_index:
+            _check_layer_indices(config, layers)
         in_features = {key: _get_in_out_features(base)[0] for key, base in candidates.items()}
         num_heads, head_dim = cls._resolve_geometry(model, config, next(iter(in_features.values())))
-        for key, width in in_features.items():
-            if width != num_heads * head_dim:
-                raise ValueError(
-                    f"Target module {key!r} has in_features={width}, but num_heads * head_dim = {num_heads} * "
-                    f"{head_dim} = {num_heads * head_dim}. LoFiT must target the attention output projection, whose "
-                    "input is the concatenated head outputs (check `target_modules`, `num_heads`, `head_dim`)."
-                )
-        if not needs_index:
-            return num_heads, head_dim
-
-        available = sorted(set(layers.values()))
-        num_layers = _model_config_value(model, "num_hidden_layers", "n_layer", "num_layers")
-        num_layers = max(available) + 1 if num_layers is None else int(num_layers)
-        wanted = wanted_layers(config)
-        if wanted is not None:
-            bad = sorted(wanted - set(available))
-            if bad:
-                raise ValueError(
-                    f"`layers_to_transform` contains layer(s) {bad} without a target module; valid layers are "
-                    f"{available} (0 <= layer < {num_layers})."
-                )
-            available = sorted(set(available) & wanted)
-        for layer, head in config.heads or []:
-            if layer not in available:
-                raise ValueError(
-                    f"`heads` contains ({layer}, {head}): layer {layer} is out of range; valid layers are "
-                    f"{available} (0 <= layer < {num_layers}, targeted by target_modules/layers_to_transform)."
-                )
-            if head >= num_heads:
-                raise ValueError(
-                    f"`heads` contains ({layer}, {head}): head {head} is out of range; valid heads are "
-                    f"0 <= head < {num_heads}."
-                )
+        _check_widths(in_features, num_heads, head_dim)
+        if needs_index:
+            _check_heads_in_range(model, config, sorted(set(layers.values())), num_heads)
         return num_heads, head_dim
 
     @classmethod
@@ -202,18 +138,11 @@ class LofitModel(InputEditTuner):
     def _create_and_replace(self, lofit_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         """Also called unbound with PEFT's `MixedModel` as ``self`` (uses only `BaseTuner` methods)."""
         layer = layer_index_of(current_key, lofit_config.layers_pattern)
-        heads = None
-        if lofit_config.heads is not None:
-            heads = [h for (layer_, h) in lofit_config.heads if layer_ == layer]
-        options = dict(
-            mode=lofit_config.mode, num_heads=lofit_config.num_heads, head_dim=lofit_config.head_dim, heads=heads,
-            init_std=lofit_config.init_std, l1_lambda=lofit_config.l1_lambda,
-            inference_mode=lofit_config.inference_mode,
-        )
+        heads = None if lofit_config.heads is None else [h for (layer_, h) in lofit_config.heads if layer_ == layer]
         if isinstance(target, LofitLayer):
-            target.update_layer(adapter_name, **options)
+            target.update_layer(adapter_name, lofit_config, heads=heads)
         else:
-            new_module = Linear(target, adapter_name, layer_index=layer, **options)
+            new_module = Linear(target, adapter_name, lofit_config, layer_index=layer, heads=heads)
             if adapter_name not in self.active_adapters:
                 new_module.requires_grad_(False)
             self._replace_module(parent, target_name, new_module, target)
@@ -251,11 +180,9 @@ class LofitModel(InputEditTuner):
         return total
 
     # ------------------------------------------------------------------ unload / merge
-    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
-        with loadable_biases(self.model):
-            return super()._unload_and_optionally_merge(
-                merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
-            )
+    @classmethod
+    def _unloading(cls, model: nn.Module):
+        return loadable_biases(model)
 
     @staticmethod
     def _make_biases_loadable(model: nn.Module) -> None:
@@ -298,6 +225,82 @@ def loadable_biases(model: nn.Module) -> Iterator[None]:
     if any(id(m) in had_bias and not had_bias[id(m)] and getattr(m, "bias", None) is not None
            for m in model.modules()):
         LofitModel._make_biases_loadable(model)
+
+
+def _target_bases(model: nn.Module, config: LofitConfig) -> dict[str, nn.Module]:
+    """``{module name: base layer}`` of every match of ``target_modules`` (ignoring ``layers_to_transform`` and
+    ``heads``); raise ValueError for a match LoFiT cannot adapt."""
+    candidates = {}
+    for key, module in candidate_modules(model):
+        result = match_target(config, key, apply_layer_filter=False)
+        if not result or isinstance(result, _ExcludedModule):
+            continue
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        backend = resolve_quantization_backend(base, get_apply_tensor_subclass=lambda: None)
+        if backend is not None:  # bnb's Linear4bit/Linear8bitLt and torchao weights pass the check below
+            raise ValueError(
+                f"LoFiT cannot adapt the quantized {type(base).__name__} {key!r} (backend "
+                f"{getattr(backend, 'backend_name', '') or type(backend).__name__}): LoFiT supports unquantized "
+                "torch.nn.Linear and transformers Conv1D attention output projections. Keep the output "
+                "projections unquantized (e.g. BitsAndBytesConfig(..., llm_int8_skip_modules=['o_proj', "
+                "'lm_head'])), or use GIFT, which supports quantized bases."
+            )
+        if not isinstance(base, (nn.Linear, Conv1D)):
+            raise ValueError(
+                f"Target module {key!r} is a {type(base).__name__}; LoFiT supports torch.nn.Linear and "
+                "transformers Conv1D attention output projections."
+            )
+        candidates[key] = base
+    return candidates
+
+
+def _check_layer_indices(config: LofitConfig, layers: dict[str, Optional[int]]) -> None:
+    """``heads`` / ``layers_to_transform`` name layers by index: every target needs one."""
+    unnumbered = [key for key, layer in layers.items() if layer is None]
+    if unnumbered:
+        field_name = "heads" if config.heads is not None else "layers_to_transform"
+        patterns = list(DEFAULT_LAYER_PATTERNS) if config.layers_pattern is None else config.layers_pattern
+        raise ValueError(
+            f"LofitConfig.{field_name} names layers by index, but target module {unnumbered[0]!r} has no layer "
+            f"index (a number after one of {patterns}). Set `layers_pattern` to the name of the layer container, or "
+            f"adapt every head (heads=None)."
+        )
+
+
+def _check_widths(in_features: dict[str, int], num_heads: int, head_dim: int) -> None:
+    for key, width in in_features.items():
+        if width != num_heads * head_dim:
+            raise ValueError(
+                f"Target module {key!r} has in_features={width}, but num_heads * head_dim = {num_heads} * "
+                f"{head_dim} = {num_heads * head_dim}. LoFiT must target the attention output projection, whose "
+                "input is the concatenated head outputs (check `target_modules`, `num_heads`, `head_dim`)."
+            )
+
+
+def _check_heads_in_range(model: nn.Module, config: LofitConfig, available: list[int], num_heads: int) -> None:
+    """``layers_to_transform`` and ``heads`` name targeted layers (``available``) and heads < ``num_heads``."""
+    num_layers = _model_config_value(model, "num_hidden_layers", "n_layer", "num_layers")
+    num_layers = max(available) + 1 if num_layers is None else int(num_layers)
+    wanted = wanted_layers(config)
+    if wanted is not None:
+        bad = sorted(wanted - set(available))
+        if bad:
+            raise ValueError(
+                f"`layers_to_transform` contains layer(s) {bad} without a target module; valid layers are "
+                f"{available} (0 <= layer < {num_layers})."
+            )
+        available = sorted(set(available) & wanted)
+    for layer, head in config.heads or []:
+        if layer not in available:
+            raise ValueError(
+                f"`heads` contains ({layer}, {head}): layer {layer} is out of range; valid layers are "
+                f"{available} (0 <= layer < {num_layers}, targeted by target_modules/layers_to_transform)."
+            )
+        if head >= num_heads:
+            raise ValueError(
+                f"`heads` contains ({layer}, {head}): head {head} is out of range; valid heads are "
+                f"0 <= head < {num_heads}."
+            )
 
 
 def _gathered(params: list):

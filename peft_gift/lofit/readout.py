@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from .._adapters import resolve_adapter
+from ..targets import base_module_name
 from .config import LofitConfig
 from .layer import LofitLayer
-
-_PEFT_PREFIX = "base_model.model."
 
 
 def resolve_lofit_adapter(model: nn.Module, adapter_name: Optional[str] = None) -> tuple[str, LofitConfig]:
@@ -32,7 +31,7 @@ def lofit_layers(model: nn.Module, adapter_name: Optional[str] = None) -> list[t
             continue
         if adapter_name is not None and module.adapter_mode(adapter_name) is None:
             continue
-        out.append((name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name, module))
+        out.append((base_module_name(name), module))
     return out
 
 
