@@ -1,33 +1,28 @@
-"""Smoke tests of the benchmark scripts' --quick modes: tiny random models, synthetic data, no assets."""
+"""Smoke tests of the benchmarks' --quick modes (peft_gift.bench, behind scripts/bench_*.py): tiny random models,
+synthetic data, no assets."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from peft_gift import recipes
+from peft_gift.bench import accuracy_report, tiny
 
 
 @pytest.fixture(scope="module")
 def bench_speed():
-    return _load("bench_speed")
+    from peft_gift.bench import speed
+
+    return speed
 
 
 @pytest.fixture(scope="module")
 def bench_accuracy():
-    return _load("bench_accuracy")
+    from peft_gift.bench import accuracy
+
+    return accuracy
 
 
 def test_speed_quick(tmp_path, bench_speed):
@@ -146,7 +141,7 @@ def test_accuracy_reproduce(tmp_path, bench_accuracy):
 
 
 def test_paired_difference_interval(bench_accuracy):
-    d = bench_accuracy.paired({0: 0.80, 1: 0.82, 2: 0.78}, {0: 0.75, 1: 0.80, 2: 0.74, 3: 0.9})
+    d = accuracy_report.paired({0: 0.80, 1: 0.82, 2: 0.78}, {0: 0.75, 1: 0.80, 2: 0.74, 3: 0.9})
     diffs = [0.05, 0.02, 0.04]  # seed 3 is not paired
     half = 4.303 * float(torch_std(diffs)) / 3 ** 0.5
     assert d["n"] == 3 and d["mean"] == pytest.approx(sum(diffs) / 3)
@@ -168,7 +163,7 @@ def test_accuracy_benchmark_measures_what_the_cli_reports(tmp_path, bench_accura
 
     from peft_gift.recipes import cli
 
-    quick = bench_accuracy.quick_assets(tmp_path / "assets")
+    quick = tiny.quick_assets(tmp_path / "assets")
     if part == "glue":
         model, task, data = quick["bert"], "seq_cls", {"dataset": quick["cls"], "train_size": 32, "eval_size": 32,
                                                         "max_length": 32}
@@ -186,15 +181,15 @@ def test_accuracy_benchmark_measures_what_the_cli_reports(tmp_path, bench_accura
     assert bench["result"] == pytest.approx(results["after"], rel=1e-4)  # same pipeline; float summation order only
     assert bench["trainable_params"] == results["trainable_params"]
 
-    job = bench_accuracy.recipes.prepare(results["config"])
+    job = recipes.prepare(results["config"])
     reloaded = PeftModel.from_pretrained(job.task.load_model(), str(tmp_path / "out" / "adapter"))
-    assert bench_accuracy.recipes.evaluate(reloaded, job) == pytest.approx(results["after"], rel=1e-5)
+    assert recipes.evaluate(reloaded, job) == pytest.approx(results["after"], rel=1e-5)
 
 
 def test_accuracy_method_names(tmp_path, bench_accuracy):
     """gift_r<rank>[_o][_wegeft]: rank, targets (q,v or the attention output projection) and init from the name;
     a misspelt name is refused, not run as something else."""
-    assets = bench_accuracy.quick_assets(tmp_path)
+    assets = tiny.quick_assets(tmp_path)
     bert, llama = assets["bert"], assets["llama"]
     assert bench_accuracy.method_entry("gift_r8", bert, 1e-3, 0, 8) == {
         "name": "gift", "r": 8, "sharing": "module", "target_modules": ["query", "value"]}
@@ -221,9 +216,9 @@ def test_accuracy_method_names(tmp_path, bench_accuracy):
 def test_reproduced_result_comparison(bench_accuracy):
     rec = {"identical": False, "result": {"accuracy": 0.5, "loss": 1.0},
            "result_now": {"accuracy": 0.5, "loss": 1.0 + 6e-8}}
-    assert bench_accuracy._sameness(rec) == "accuracy yes; other metrics within 6.0e-08"
-    assert bench_accuracy._sameness({**rec, "result_now": {"accuracy": 0.25, "loss": 1.0}}) == "no"
-    assert bench_accuracy._sameness({**rec, "identical": True}) == "yes"
+    assert accuracy_report._sameness(rec) == "accuracy yes; other metrics within 6.0e-08"
+    assert accuracy_report._sameness({**rec, "result_now": {"accuracy": 0.25, "loss": 1.0}}) == "no"
+    assert accuracy_report._sameness({**rec, "identical": True}) == "yes"
 
 
 def test_gift_and_lofit_are_paired_against_every_lora_rank(bench_accuracy):
@@ -236,6 +231,6 @@ def test_gift_and_lofit_are_paired_against_every_lora_rank(bench_accuracy):
 
     runs = [run(m, s, acc + 0.01 * s * (i + 1)) for i, (m, acc) in enumerate(
         [("gift_r16", 0.5), ("lora", 0.4), ("lora_r32", 0.45), ("lofit", 0.3), ("ia3", 0.42)]) for s in range(3)]
-    pairs = {(d["a"], d["b"]): d["mean"] for d in bench_accuracy.aggregate(runs)["paired"]}
+    pairs = {(d["a"], d["b"]): d["mean"] for d in accuracy_report.aggregate(runs)["paired"]}
     assert set(pairs) == {("gift_r16", "lora"), ("gift_r16", "lora_r32"), ("lofit", "lora"), ("lofit", "lora_r32")}
     assert pairs[("gift_r16", "lora_r32")] == pytest.approx(0.5 + 0.01 - (0.45 + 0.03), abs=1e-9)

@@ -99,8 +99,7 @@ def test_fsdp2_saved_adapter_reloads(dist_out, method):
 
     from peft import PeftModel
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import ddp_check
+    from peft_gift.bench import ddp_check
 
     trained = _load(dist_out, f"{method}-fsdp2-rank0")
     folder = os.path.join(dist_out, f"{method}-fsdp2-adapter")

@@ -1,6 +1,5 @@
 """peft_gift.interpret and scripts/visualize.py: GIFT cluster vectors/scores/maps, LM-head decoding, LoFiT head maps."""
 
-import importlib.util
 import json
 import os
 
@@ -13,10 +12,10 @@ from tiny_models import image_inputs, randomise_theta, text_inputs, tiny_dinov2,
 import peft_gift
 from peft_gift import interpret
 from peft_gift.gift.layer import GiftLayer
+from peft_gift.interpret import figures
+from peft_gift.interpret._common import _short
 from peft_gift.lofit.layer import LofitLayer
-from peft_gift.recipes import render
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -27,7 +26,7 @@ def gift_model(factory, seed=1, **config):
 
 
 def named_gift_layers(model):
-    return {interpret._short(n): m for n, m in model.named_modules() if isinstance(m, GiftLayer)}
+    return {_short(n): m for n, m in model.named_modules() if isinstance(m, GiftLayer)}
 
 
 def dense_w(layer):
@@ -158,22 +157,22 @@ def test_vision_maps_and_wrong_image_sizes(tmp_path):
     model = gift_model(tiny_dinov2, r=3, target_modules=["o_proj"])
     pixels = image_inputs(batch=2, size=28)["pixel_values"]
     path = tmp_path / "maps.png"
-    maps = render.save_cluster_maps(model, pixels, path, layer="encoder.layer.1.attention.o_proj", channels=[0, 2])
+    maps = figures.save_cluster_maps(model, pixels, path, layer="encoder.layer.1.attention.o_proj", channels=[0, 2])
     assert maps.shape == (2, 3, 2, 2)
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(ValueError, match=r"30x30 is not a multiple of the patch size 14x14"):
-        render.save_cluster_maps(model, torch.randn(1, 3, 30, 30), tmp_path / "x.png", layer="layer.1.attention.o_proj")
+        figures.save_cluster_maps(model, torch.randn(1, 3, 30, 30), tmp_path / "x.png", layer="layer.1.attention.o_proj")
     with pytest.raises(ValueError, match=r"1 channels; the model expects num_channels=3"):
         interpret.patch_grid(model, torch.randn(1, 1, 28, 28))
     with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
         interpret.patch_grid(model, torch.randn(3, 28, 28))
     with pytest.raises(ValueError, match="Pass `layer`"):
-        render.save_cluster_maps(model, pixels, tmp_path / "y.png")
+        figures.save_cluster_maps(model, pixels, tmp_path / "y.png")
     with pytest.raises(ValueError, match=r"Channels \[3\] do not exist; valid channels are 0..2"):
-        render.save_cluster_maps(model, pixels, tmp_path / "z.png", layer="layer.0.attention.o_proj", channels=[3])
+        figures.save_cluster_maps(model, pixels, tmp_path / "z.png", layer="layer.0.attention.o_proj", channels=[3])
     vit = gift_model(tiny_vit, r=2, target_modules=["o_proj"])
     with pytest.raises(ValueError, match=r"48x48 does not match.*image_size=32x32"):
-        render.save_cluster_maps(vit, torch.randn(1, 3, 48, 48), tmp_path / "v.png", layer="layers.0.attention.o_proj")
+        figures.save_cluster_maps(vit, torch.randn(1, 3, 48, 48), tmp_path / "v.png", layer="layers.0.attention.o_proj")
 
 
 def test_text_views(tmp_path):
@@ -190,13 +189,13 @@ def test_text_views(tmp_path):
         assert all(inputs["attention_mask"][b, i] == 1 for _, b, i, _ in entries)
         for token, b, i, v in entries:
             assert token == tokens[b][i] and v == pytest.approx(float(scores[b, i, j]))
-    png = render.save_text_channel_view(scores, tokens, tmp_path / "t.png", attention_mask=inputs["attention_mask"])
-    page = render.save_text_channel_view(scores, tokens, tmp_path / "t.html", k=2)
+    png = figures.save_text_channel_view(scores, tokens, tmp_path / "t.png", attention_mask=inputs["attention_mask"])
+    page = figures.save_text_channel_view(scores, tokens, tmp_path / "t.html", k=2)
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     text = page.read_text()
     assert text.count("<tr><td>ch ") == 3 and top[0][0][0] in text
     with pytest.raises(ValueError, match=r"\.png or \.html"):
-        render.save_text_channel_view(scores, tokens, tmp_path / "t.txt")
+        figures.save_text_channel_view(scores, tokens, tmp_path / "t.txt")
 
 
 def test_decode_gift_channels():
@@ -226,7 +225,7 @@ def test_decode_gift_channels():
 # ------------------------------------------------------------------------------------------------ LoFiT
 def test_lofit_head_map_values(tmp_path):
     model = get_peft_model(tiny_gpt2(), peft_gift.LofitConfig(mode="scale", init_std=0.3))
-    grid = render.save_lofit_head_map(model, tmp_path / "heads.png", k=2)
+    grid = figures.save_lofit_head_map(model, tmp_path / "heads.png", k=2)
     assert grid.shape == (2, 4)
     for layer in (m for m in model.modules() if isinstance(m, LofitLayer)):
         a = layer.lofit_head_scale["default"].weight.detach()
@@ -234,7 +233,7 @@ def test_lofit_head_map_values(tmp_path):
     assert {k: grid[k] for k in peft_gift.lofit.head_scores(model)} == pytest.approx(peft_gift.lofit.head_scores(model))
     assert (tmp_path / "heads.png").read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(ValueError, match=r"outside the 2 layers × 4 heads"):
-        render.save_lofit_head_map(model, tmp_path / "bad.png", selected=[(5, 0)])
+        figures.save_lofit_head_map(model, tmp_path / "bad.png", selected=[(5, 0)])
 
 
 def test_lofit_partial_layers_leave_nan():
@@ -279,9 +278,8 @@ def test_lofit_mode_errors():
 def test_visualize_smoke_writes_valid_pngs(tmp_path):
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("visualize", os.path.join(ROOT, "scripts", "visualize.py"))
-    visualize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(visualize)
+    from peft_gift.bench import visualize
+
     assert visualize.main(["--smoke", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     files = summary["files"]
@@ -338,9 +336,8 @@ def test_channel_scores_read_the_named_adapter_not_the_active_one():
 
 
 def _visualize_module():
-    spec = importlib.util.spec_from_file_location("visualize", os.path.join(ROOT, "scripts", "visualize.py"))
-    visualize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(visualize)
+    from peft_gift.bench import visualize
+
     return visualize
 
 
