@@ -1,8 +1,9 @@
 """Model cards and Hub publishing for GIFT / LoFiT adapters.
 
 Loading a GIFT or LoFiT adapter needs ``import peft_gift`` first (PEFT has no plugin discovery), so the card of such
-an adapter should say how: ``pip install peft-gift``, ``import peft_gift`` and a ``PeftModel.from_pretrained``
-snippet. PEFT's ``save_pretrained`` card already carries ``library_name: peft`` and the ``gift`` / ``lofit`` tag (the
+an adapter should say how: install peft-gift (from its repository or a wheel: it is not on PyPI), ``import peft_gift``
+and a ``PeftModel.from_pretrained`` snippet. A card never names a path of this machine: a base model loaded from a
+local directory is shown as a placeholder (the training CLI names the Hub id it is a copy of instead). PEFT's ``save_pretrained`` card already carries ``library_name: peft`` and the ``gift`` / ``lofit`` tag (the
 tuners add it to the base model's tags); two explicit functions add the rest (peft-gift patches no PEFT method):
 
 * `write_model_card(model, folder)`: adds the tags ``peft`` and ``gift`` / ``lofit`` and a "How to load" section to
@@ -17,6 +18,7 @@ tuners add it to the base model's tags); two explicit functions add the rest (pe
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Optional
 
@@ -25,6 +27,50 @@ from ._registry import GIFT, LOFIT
 LOADING_HEADING = "## How to load this adapter"
 _TAGS = {GIFT: "gift", LOFIT: "lofit"}
 _NAMES = {GIFT: "GIFT (Generative Interpretable Fine-Tuning)", LOFIT: "LoFiT (localized fine-tuning of attention heads)"}
+
+
+BASE_PLACEHOLDER = "<base model Hub id>"
+
+
+def is_local_path(name) -> bool:
+    """Whether ``name`` names something on this machine (an existing path, or one that starts like a path) rather
+    than a Hugging Face Hub id such as ``org/name``."""
+    name = str(name)
+    return name.startswith(("/", ".", "~", "\\")) or re.match(r"^[A-Za-z]:", name) is not None or os.path.exists(
+        os.path.expanduser(name))
+
+
+def published_base_model(model) -> Optional[str]:
+    """The base model's Hub id as ``from_pretrained`` recorded it, or None when it was loaded from a local path."""
+    name = getattr(getattr(model.get_base_model(), "config", None), "_name_or_path", "") or ""
+    return name if name and not is_local_path(name) else None
+
+
+def drop_local_base_model(data) -> None:
+    """Remove the ``base_model`` entry and ``base_model:...`` tags of a card's metadata (``ModelCardData``) that name
+    a local directory (PEFT writes them from the path the base model was loaded from)."""
+    if data.tags:
+        data.tags = [t for t in data.tags if not (t.startswith("base_model:") and is_local_path(t.split(":", 2)[-1]))]
+    if isinstance(data.base_model, str) and is_local_path(data.base_model):
+        data.base_model = None
+
+
+def install_instructions() -> list[str]:
+    """Shell lines that install peft-gift as the README says (it is not on PyPI): from the repository URL in the
+    package metadata when it has one, else from a clone or a wheel."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("peft-gift").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    repo = next((u.split(",", 1)[1].strip() for u in urls if u.split(",", 1)[0].strip().lower() in
+                 ("repository", "source", "homepage")), None)
+    if repo:
+        return [f'pip install "peft-gift @ git+{repo}"']
+    return ["# peft-gift is not on PyPI: install it from a clone of its repository or from a wheel built from it",
+            "pip install ./peft-gift             # a clone of the repository",
+            "pip install peft_gift-*.whl         # or a wheel (python -m build)"]
 
 
 def plugin_peft_types(model) -> list:
@@ -42,7 +88,7 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
     """Markdown section telling a reader how to install the plugin and load this adapter."""
     types = plugin_peft_types(model)
     base = model.get_base_model()
-    base_id = getattr(getattr(base, "config", None), "_name_or_path", "") or "<base model id or path>"
+    base_id = published_base_model(model) or BASE_PLACEHOLDER
     base_cls = type(base).__name__
     import transformers
 
@@ -60,7 +106,7 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
         f"'{types[0].value}'`.",
         "",
         "```bash",
-        "pip install peft-gift",
+        *install_instructions(),
         "```",
         "",
         "```python",
@@ -78,7 +124,8 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
 
 def write_model_card(model, output_dir: str, repo_id: Optional[str] = None) -> None:
     """Add the plugin tags and (if absent) the loading section to ``output_dir/README.md`` (the card PEFT's
-    ``save_pretrained`` wrote, or a new one). Does nothing for models without a GIFT / LoFiT adapter."""
+    ``save_pretrained`` wrote, or a new one); drop the ``base_model`` entries PEFT wrote when they name a local
+    directory. Does nothing for models without a GIFT / LoFiT adapter."""
     from huggingface_hub import ModelCard, ModelCardData
 
     types = plugin_peft_types(model)
@@ -86,6 +133,7 @@ def write_model_card(model, output_dir: str, repo_id: Optional[str] = None) -> N
         return
     path = os.path.join(output_dir, "README.md")
     card = ModelCard.load(path) if os.path.exists(path) else ModelCard.from_template(ModelCardData())
+    drop_local_base_model(card.data)
     tags = list(card.data.tags or [])
     for tag in ["peft", *(_TAGS[t] for t in types)]:
         if tag not in tags:
@@ -95,8 +143,9 @@ def write_model_card(model, output_dir: str, repo_id: Optional[str] = None) -> N
     text = card.text
     if LOADING_HEADING not in text:
         lines = text.splitlines()
-        # after the title line when there is one, else at the top
-        at = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), 0)
+        # after the title and its summary (before the first section) when there is a title, else at the top
+        title = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), 0)
+        at = next((i for i in range(title, len(lines)) if lines[i].startswith("## ")), title) if title else 0
         section = loading_instructions(model, repo_id)
         text = "\n".join(lines[:at] + ["", section] + lines[at:])
     card.text = text
@@ -121,7 +170,7 @@ def push_to_hub(
     from huggingface_hub import HfApi, ModelCard
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from . import __version__
+    from ._version import __version__
 
     if not plugin_peft_types(model):
         raise ValueError("peft_gift.push_to_hub is for models with a GIFT or LoFiT adapter; use model.push_to_hub")

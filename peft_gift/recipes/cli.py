@@ -18,10 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default=None, help="where to write (default: outputs/<config name>)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO",
                    help="push the adapter (peft_gift.push_to_hub for GIFT/LoFiT, else PEFT's push_to_hub)")
+    p.add_argument("--export-lora", action="store_true",
+                   help="gift / lofit: also write OUT/lora_export/, the adapter as an equal plain PEFT LoRA adapter "
+                        "that any LoRA server can run (peft_gift.export_lora)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub)
+        run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub, export_lora=args.export_lora)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """Job configs for the training CLI: read the YAML, apply ``--set`` overrides, validate every field before any work.
 
 A config has the top-level keys ``model``, ``task``, ``method``, ``data``, ``training`` (fields of
-``transformers.TrainingArguments``), and optionally ``seed`` and ``output_dir``. Every problem is raised as
-:class:`ConfigError` (a ``ValueError`` whose message is one line naming the field and what would work).
+``transformers.TrainingArguments``), and optionally ``seed``, ``output_dir``, ``quantization`` and ``card`` (what the
+model card publishes). Every problem is raised as :class:`ConfigError` (a ``ValueError`` whose message is one line
+naming the field and what would work). Numbers and booleans are checked against one table, :data:`BOUNDS`, before
+anything is loaded.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import difflib
 import numbers
 import os
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-TOP_KEYS = ("model", "task", "method", "data", "training", "seed", "output_dir", "quantization")
+TOP_KEYS = ("model", "task", "method", "data", "training", "seed", "output_dir", "quantization", "card")
+# ``card``: what the model card and adapter_config.json name instead of machine-local paths
+CARD_KEYS = ("base_model", "dataset")
 # ``quantization``: fields of transformers.BitsAndBytesConfig for a quantized base model (QGIFT); causal LM tasks only
 QUANT_TASKS = ("causal_lm_mc",)
 _QUANT_DTYPES = ("float32", "bfloat16", "float16")
@@ -27,11 +32,104 @@ DATA_KEYS = (
     "dataset", "subset", "train_split", "eval_split", "train_size", "eval_size", "seed", "max_length",
     "text_columns", "label_column", "image_column", "image_size",
 )
-_DATA_INTS = {"seed": 0, "max_length": 2, "image_size": 1, "train_size": 1, "eval_size": 1}  # key: minimum
 
 
 class ConfigError(ValueError):
     """A bad config, file, model or dataset; the message is one line saying what was wrong and what would work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The valid values of a number: ``lo``/``hi`` (open ends where stated) and extra allowed values (a sentinel such
+    as ``max_steps: -1``, "no limit")."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple = ()
+
+    def holds(self, v) -> bool:
+        if v in self.also:
+            return True
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {self.lo}"
+        else:
+            text = f"{'<' if self.hi_open else '<='} {self.hi}"
+        return " or ".join([*map(str, self.also), text])
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1, UNIT = Bound(0, lo_open=True), Bound(0), Bound(1), Bound(0, 1)
+# The ranges of the numeric settings, by section: (int or float, Bound). TrainingArguments fields not listed here are
+# still type-checked (numbers, booleans) from TrainingArguments' own annotations.
+BOUNDS: dict[str, dict[str, tuple[type, Bound]]] = {
+    "training": {
+        "num_train_epochs": (float, POSITIVE),
+        "max_steps": (int, Bound(1, also=(-1,))),  # -1: train num_train_epochs epochs
+        "learning_rate": (float, POSITIVE),
+        "per_device_train_batch_size": (int, AT_LEAST_1),
+        "per_device_eval_batch_size": (int, AT_LEAST_1),
+        "gradient_accumulation_steps": (int, AT_LEAST_1),
+        "eval_accumulation_steps": (int, AT_LEAST_1),
+        "warmup_steps": (float, NON_NEGATIVE),  # < 1: a fraction of the total steps (transformers 5)
+        "warmup_ratio": (float, UNIT),  # transformers 4
+        "weight_decay": (float, NON_NEGATIVE),
+        "max_grad_norm": (float, NON_NEGATIVE),
+        "adam_beta1": (float, Bound(0, 1, hi_open=True)),
+        "adam_beta2": (float, Bound(0, 1, hi_open=True)),
+        "adam_epsilon": (float, POSITIVE),
+        "label_smoothing_factor": (float, UNIT),
+        "logging_steps": (float, POSITIVE),
+        "eval_steps": (float, POSITIVE),
+        "save_steps": (float, POSITIVE),
+        "save_total_limit": (int, AT_LEAST_1),
+        "seed": (int, NON_NEGATIVE),
+        "data_seed": (int, NON_NEGATIVE),
+        "dataloader_num_workers": (int, NON_NEGATIVE),
+        "dataloader_prefetch_factor": (int, AT_LEAST_1),
+    },
+    "data": {
+        "seed": (int, NON_NEGATIVE), "max_length": (int, Bound(2)), "image_size": (int, AT_LEAST_1),
+        "train_size": (int, AT_LEAST_1), "eval_size": (int, AT_LEAST_1),
+    },
+    "quantization": {"llm_int8_threshold": (float, POSITIVE)},
+    "lofit": {"k": (int, AT_LEAST_1), "fraction": (float, Bound(0, 1, lo_open=True))},
+    "": {"seed": (int, NON_NEGATIVE)},
+}
+
+
+def check_value(value, field: str, kind: type, bound: Bound | None = None):
+    """``value`` if it is a ``kind`` (bool, int or float; ints count as floats) within ``bound``, else ConfigError
+    naming ``field`` and the valid range (strings such as "3" or "yes" are refused)."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{field} must be true or false, got {value!r} ({type(value).__name__})")
+        return value
+    number = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if not number or (bound is not None and not bound.holds(value)):
+        what = "an integer" if kind is int else "a number"
+        valid = f" {bound}" if bound is not None else ""
+        raise ConfigError(f"{field} must be {what}{valid}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_section(values: dict, section: str, where: str, types: dict | None = None) -> None:
+    """Every value of ``values`` whose key is in :data:`BOUNDS` [``section``] or whose annotated type in ``types``
+    is a number or a boolean; None (a field's "unset") is allowed."""
+    table = BOUNDS.get(section, {})
+    for key, value in values.items():
+        if value is None:
+            continue
+        kind, bound = table.get(key, (_kind(types.get(key)) if types else None, None))
+        if kind is not None:
+            check_value(value, f"{where}.{key}" if where else key, kind, bound)
 
 
 class _Loader(yaml.SafeLoader):
@@ -93,9 +191,7 @@ def check_unknown(keys, allowed, where: str) -> None:
 
 def check_int(value, field: str, minimum: int = 0) -> int:
     """``value`` as an int >= minimum, else ConfigError naming ``field`` (strings such as "3" are refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{field} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    return int(value)
+    return int(check_value(value, field, int, Bound(minimum)))
 
 
 def config_fields(cls) -> list[str]:
@@ -115,33 +211,30 @@ def training_fields() -> list[str]:
     return list(_training_field_types())
 
 
-def _numeric_kind(tp) -> str | None:
-    """"int", "float" when a TrainingArguments field only takes numbers (None allowed), else None."""
-    args = set(typing.get_args(tp)) - {type(None)} if typing.get_origin(tp) is typing.Union else {tp}
-    if args and args <= {int}:
-        return "int"
-    if args and args <= {int, float}:
-        return "float"
+def _kind(tp) -> type | None:
+    """bool, int or float when an annotated field only takes that (None allowed), else None. String annotations
+    (PEFT's config classes) count when they are one of these names, optionally ``Optional[...]``."""
+    if isinstance(tp, str):
+        name = re.sub(r"^Optional\[(\w+)\]$|^(\w+) \| None$", lambda m: m.group(1) or m.group(2), tp.strip())
+        return {"bool": bool, "int": int, "float": float}.get(name)
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    args = set(typing.get_args(tp)) - {type(None)} if union else {tp}
+    for kind, allowed in ((bool, {bool}), (int, {int}), (float, {int, float})):
+        if args and args <= allowed:
+            return kind
     return None
 
 
 def check_training(training, where: str) -> dict:
-    """Known TrainingArguments fields with numbers where the field takes numbers (a clear error, not a traceback
-    deep inside the optimizer, for ``learning_rate: "1e-3x"``)."""
+    """Known TrainingArguments fields, each number within its range and each flag a boolean (a one-line error, not a
+    traceback deep inside the optimizer or a run of 0 steps, for ``learning_rate: -1`` or ``num_train_epochs: -1``)."""
     if training is None:
         return {}
     if not isinstance(training, dict):
         raise ConfigError(f"'{where}' must be a mapping of transformers.TrainingArguments fields")
-    types = _training_field_types()
-    check_unknown(training, types, f"{where} (TrainingArguments fields)")
-    for key, value in training.items():
-        kind = _numeric_kind(types[key])
-        if kind is None or value is None:
-            continue
-        ok = isinstance(value, numbers.Integral) if kind == "int" else isinstance(value, numbers.Real)
-        if isinstance(value, bool) or not ok:
-            raise ConfigError(f"{where}.{key} must be {'an integer' if kind == 'int' else 'a number'}, got "
-                              f"{value!r} ({type(value).__name__})")
+    types_ = _training_field_types()
+    check_unknown(training, types_, f"{where} (TrainingArguments fields)")
+    check_section(training, "training", where, types_)
     return training
 
 
@@ -175,14 +268,16 @@ def validate_config(cfg: dict) -> dict:
         raise ConfigError("'data' needs a 'dataset': an asset name (sst2, arc_easy, cifar10, ...), a Hub id or a "
                           "local path")
     check_unknown(data, DATA_KEYS, "data")
-    for key, minimum in _DATA_INTS.items():
-        if data.get(key) is not None and not (key == "image_size" and isinstance(data[key], (list, tuple))):
-            check_int(data[key], f"data.{key}", minimum)
+    size = data.get("image_size")
+    check_section({k: v for k, v in data.items() if not (k == "image_size" and isinstance(size, (list, tuple)))},
+                  "data", "data")
     if cfg.get("quantization") is not None:
         cfg["quantization"] = check_quantization(cfg["quantization"], cfg["task"])
     cfg["training"] = check_training(cfg.get("training"), "training")
     cfg.setdefault("seed", 0)
-    check_int(cfg["seed"], "seed")
+    check_section({"seed": cfg["seed"]}, "", "")
+    if cfg.get("card") is not None:
+        cfg["card"] = check_card(cfg["card"])
     out = cfg.get("output_dir")
     if out is not None:
         if not isinstance(out, (str, os.PathLike)):
@@ -204,8 +299,11 @@ def check_quantization(quant, task: str):
 
     from transformers import BitsAndBytesConfig
 
-    allowed = [k for k in inspect.signature(BitsAndBytesConfig.__init__).parameters if k not in ("self", "kwargs")]
+    params = inspect.signature(BitsAndBytesConfig.__init__).parameters
+    allowed = [k for k in params if k not in ("self", "kwargs")]
     check_unknown(quant, allowed, "quantization")
+    flags = {k: bool for k in allowed if isinstance(params[k].default, bool)}  # load_in_4bit: "yes" is no flag
+    check_section(quant, "quantization", "quantization", flags)
     bits = [k for k in ("load_in_4bit", "load_in_8bit") if quant.get(k) is True]
     if len(bits) != 1:
         raise ConfigError("quantization needs exactly one of load_in_4bit: true or load_in_8bit: true")
@@ -219,6 +317,23 @@ def check_quantization(quant, task: str):
     except ImportError:
         raise ConfigError("quantization needs bitsandbytes: pip install 'bitsandbytes>=0.50,<0.51'") from None
     return dict(quant)
+
+
+def check_card(card) -> dict:
+    """The ``card`` section: Hub ids (``org/name``) that the model card and adapter_config.json name instead of the
+    local model directory (``base_model``) or data file (``dataset``)."""
+    from ..hub import is_local_path
+
+    if not isinstance(card, dict):
+        raise ConfigError("'card' must be a mapping, e.g. {base_model: org/model-name, dataset: org/dataset-name}")
+    check_unknown(card, CARD_KEYS, "card")
+    for key, value in card.items():
+        if value is None:
+            continue
+        if not isinstance(value, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value) or is_local_path(value):
+            raise ConfigError(f"card.{key} must be a Hugging Face Hub id such as org/name (published in the model "
+                              f"card, so never a local path), got {value!r}")
+    return dict(card)
 
 
 def check_output_dir(path) -> Path:

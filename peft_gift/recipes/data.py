@@ -36,6 +36,21 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def published_model(cfg: dict) -> tuple[str | None, str | None]:
+    """``(Hub id, how the local copy differs)`` of the job's base model, for the card and adapter_config.json:
+    ``card.base_model`` if set, an asset's Hub twin, the model itself when it is a Hub id; ``(None, None)`` for a
+    local directory without ``card.base_model`` (nothing published may name a path of this machine)."""
+    from ..hub import is_local_path
+
+    given = (cfg.get("card") or {}).get("base_model")
+    key = assets.model_asset_name(cfg["model"])
+    if given:
+        return given, None
+    if key:
+        return assets.MODELS[key].hub_id, assets.MODELS[key].copy
+    return (None, None) if is_local_path(cfg["model"]) else (cfg["model"], None)
+
+
 def load_raw(name: str, data_cfg: dict):
     """Dataset name → DatasetDict (asset, save_to_disk dir, data file, or Hub id)."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -71,21 +86,25 @@ def load_raw(name: str, data_cfg: dict):
 
 def _pick_split(ds, wanted: str | None, prefer: tuple[str, ...], name: str, role: str) -> str:
     if wanted is not None:
-        if wanted not in ds:
-            raise ConfigError(f"dataset {name!r} has no split {wanted!r} for {role}; available: {', '.join(ds)}")
-        return wanted
+        if wanted in ds:
+            return wanted
+        if len(ds) == 1:  # a single data file: a copied config's split names do not apply to it
+            return next(iter(ds))
+        raise ConfigError(f"dataset {name!r} has no split {wanted!r} for {role} (data.{role}_split); available: "
+                          f"{', '.join(ds)}")
     for s in prefer:
         if s in ds:
             return s
     return next(iter(ds))
 
 
-def split_dataset(ds, name: str, data_cfg: dict):
+def split_dataset(ds, name: str, data_cfg: dict, notes: list | None = None):
     """(train, eval) Datasets: shuffled with data.seed, cut to train_size / eval_size; disjoint when both come from
-    the same split (e.g. the 872 SST-2 validation sentences)."""
+    the same split (e.g. the 872 SST-2 validation sentences, or a single CSV file, whatever split names the config
+    gives). How the split was made is appended to ``notes`` when both parts come from one split."""
     seed = int(data_cfg.get("seed", 0))
-    tr = _pick_split(ds, data_cfg.get("train_split"), ("train",), name, "training")
-    ev = _pick_split(ds, data_cfg.get("eval_split"), ("validation", "test", "train"), name, "evaluation")
+    tr = _pick_split(ds, data_cfg.get("train_split"), ("train",), name, "train")
+    ev = _pick_split(ds, data_cfg.get("eval_split"), ("validation", "test", "train"), name, "eval")
     n_train, n_eval = data_cfg.get("train_size"), data_cfg.get("eval_size")
     for key, n in (("train_size", n_train), ("eval_size", n_eval)):
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
@@ -97,11 +116,22 @@ def split_dataset(ds, name: str, data_cfg: dict):
             n_eval = max(1, total // 5)
         n_train = n_train if n_train is not None else total - n_eval
         n_eval = n_eval if n_eval is not None else total - n_train
+        if n_train < 1:
+            raise ConfigError(f"dataset {name!r} split {tr!r} has {total} rows: too few to cut a training part from "
+                              f"(eval_size={n_eval}); add rows or lower data.eval_size")
         if n_train + n_eval > total:
             raise ConfigError(
                 f"dataset {name!r} split {tr!r} has {total} rows, fewer than train_size + eval_size = "
                 f"{n_train + n_eval}; lower the sizes (train and eval are cut disjointly from the same split)"
             )
+        if notes is not None:
+            named = [s for s in (data_cfg.get("train_split"), data_cfg.get("eval_split")) if s is not None and s != tr]
+            why = f" (it has no split {' / '.join(map(repr, dict.fromkeys(named)))})" if named else ""
+            shown = Path(name).name  # results.json and the card name no local paths
+            notes.append(f"{shown}: train and eval cut disjointly from its only split {tr!r}{why}: {n_train} train / "
+                         f"{n_eval} eval rows, shuffled with data.seed={seed}" if len(ds) == 1 else
+                         f"{shown}: train and eval cut disjointly from split {tr!r}: {n_train} train / {n_eval} eval "
+                         f"rows, shuffled with data.seed={seed}")
         return full.select(range(n_train)), full.select(range(n_train, n_train + n_eval))
     train, evl = ds[tr].shuffle(seed=seed), ds[ev].shuffle(seed=seed)
     for key, n, part, split in (("train_size", n_train, train, tr), ("eval_size", n_eval, evl, ev)):
@@ -112,9 +142,10 @@ def split_dataset(ds, name: str, data_cfg: dict):
     return train, evl
 
 
-def load_data(cfg: dict, task_cls) -> tuple:
+def load_data(cfg: dict, task_cls, notes: list | None = None) -> tuple:
     """``(train, eval, columns)`` for the job: every listed dataset loaded, split, checked by the task class (which
-    names the columns it needs) and, for several datasets, concatenated with a ``source`` column."""
+    names the columns it needs) and, for several datasets, concatenated with a ``source`` column. How each split was
+    made is appended to ``notes`` where train and eval come from one split."""
     from datasets import concatenate_datasets
 
     data_cfg = cfg["data"]
@@ -125,7 +156,7 @@ def load_data(cfg: dict, task_cls) -> tuple:
     trains, evals, columns = [], [], None
     for name in names:
         raw = load_raw(str(name), data_cfg)
-        train, evl = split_dataset(raw, str(name), data_cfg)
+        train, evl = split_dataset(raw, str(name), data_cfg, notes)
         cols = task_cls.columns(train, data_cfg, str(name))
         task_cls.columns(evl, data_cfg, str(name))
         if columns is not None and cols != columns:

@@ -6,10 +6,10 @@ A method is one :class:`Method` in :data:`METHODS`. ``apply`` turns a freshly lo
 
 from __future__ import annotations
 
-import numbers
+import dataclasses
 from typing import Any, ClassVar
 
-from .config import ConfigError, check_int, check_training, check_unknown, config_fields
+from .config import ConfigError, check_section, check_training, check_unknown, config_fields
 from .tasks import HEAD_NAMES
 
 
@@ -45,6 +45,7 @@ class Method:
 
     name: ClassVar[str]
     saves_adapter: ClassVar[bool] = False  # saves OUT/adapter (PEFT) rather than OUT/model
+    exports_lora: bool = False  # peft_gift.export_lora writes its adapter as an equal PEFT LoRA adapter
 
     def keys(self) -> list[str]:
         return []
@@ -53,6 +54,9 @@ class Method:
         extra = self.keys()
         where = f"method ({self.name})" if extra else f"method ({self.name} takes no hyper-parameters)"
         check_unknown(params, ["name", *extra], where)
+
+    def check_model(self, params: dict, model_config) -> None:
+        """Settings that depend on the model's geometry, checked from its ``config.json`` before any weights load."""
 
     def apply(self, model, params: dict, task):
         raise NotImplementedError
@@ -76,8 +80,8 @@ class PeftMethod(Method):
     saves_adapter = True
     LP_FT_KEYS = ("linear_probe_first", "stage1_training", "stage2_training")
 
-    def __init__(self, name: str, config_cls_path: str) -> None:
-        self.name, self._path = name, config_cls_path
+    def __init__(self, name: str, config_cls_path: str, exports_lora: bool = False) -> None:
+        self.name, self._path, self.exports_lora = name, config_cls_path, exports_lora
 
     def validate(self, params, task):
         super().validate(params, task)
@@ -95,6 +99,11 @@ class PeftMethod(Method):
                                   f"not task {task}")
             for stage in ("stage1_training", "stage2_training"):
                 check_training(params.get(stage), f"method.{stage}")
+        from .tasks import TASKS
+
+        cls = self.config_cls()
+        check_section(params, "peft", "method", {f.name: f.type for f in dataclasses.fields(cls)})  # flags
+        self.build_config(params, TASKS[task], None)  # the config class's own range checks, before any loading
 
     def fit(self, model, params, ctx):
         if not params.get("linear_probe_first"):
@@ -154,7 +163,7 @@ class Lofit(PeftMethod):
     STAGE1_DEFAULTS = {"l1_lambda": 1e-3, "init_std": 1e-3}
 
     def __init__(self) -> None:
-        super().__init__("lofit", "peft_gift.LofitConfig")
+        super().__init__("lofit", "peft_gift.LofitConfig", exports_lora=True)  # stage 2: a rank-1 LoRA with bias
 
     def keys(self) -> list[str]:
         return list(self.STAGE_KEYS)
@@ -173,20 +182,36 @@ class Lofit(PeftMethod):
         if len(given) != 1:
             raise ConfigError("method lofit needs exactly one of 'k' (number of heads) or 'fraction' (of all heads), "
                               "or an explicit 'heads' list of [layer, head] pairs (stage 2 only)")
-        if params.get("k") is not None:
-            check_int(params["k"], "method.k", 1)
-        if params.get("fraction") is not None:
-            f = params["fraction"]
-            if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
-                raise ConfigError(f"method.fraction must be a number with 0 < fraction <= 1, got {f!r}")
+        check_section(params, "lofit", "method")
         heads = params.get("heads")
         if heads is not None and (not isinstance(heads, (list, tuple)) or not heads or not all(
-                isinstance(h, (list, tuple)) and len(h) == 2 for h in heads)):
+                isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                     for i in h) for h in heads)):
             raise ConfigError(f"method.heads must be a non-empty list of [layer, head] pairs, got {heads!r}")
         # build both stages' configs now so that a bad stage-2 value fails before stage 1 trains
         self._config("stage1", {**self.STAGE1_DEFAULTS, **(params.get("stage1") or {}), "mode": "scale"})
         self._config("stage2", {**self._stage1_values(params), "mode": "bias", "l1_lambda": 0.0,
                                 "heads": [tuple(h) for h in heads or [(0, 0)]], **(params.get("stage2") or {})})
+
+    def check_model(self, params, model_config) -> None:
+        """``k`` and ``heads`` within the model's heads (layers x heads from its config), so that a LoFiT job that
+        cannot select its heads fails before the untrained evaluation runs. Encoder-decoder models (several attention
+        blocks per layer) are left to the dry run in :meth:`fit`."""
+        stage1 = self._stage1_values(params)
+        n_heads = stage1.get("num_heads") or getattr(model_config, "num_attention_heads", None)
+        n_layers = getattr(model_config, "num_hidden_layers", None)
+        if getattr(model_config, "is_encoder_decoder", False) or not n_heads or not n_layers:
+            return
+        chosen = stage1.get("layers_to_transform")
+        layers = len(chosen) if isinstance(chosen, (list, tuple)) else 1 if isinstance(chosen, int) else n_layers
+        total = layers * n_heads
+        if params.get("k") is not None and params["k"] > total:
+            raise ConfigError(f"method.k must be 1 <= k <= {total} (the model's heads: {layers} layers x {n_heads} "
+                              f"heads), got {params['k']}")
+        for layer, head in params.get("heads") or []:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ConfigError(f"method.heads: [{layer}, {head}] is not a head of this model (layers 0..{n_layers - 1}, "
+                                  f"heads 0..{n_heads - 1})")
 
     def _stage1_values(self, params) -> dict:
         return {**self.STAGE1_DEFAULTS, **(params.get("stage1") or {})}
@@ -383,7 +408,7 @@ class Loreft(LinearProbe):
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    PeftMethod("gift", "peft_gift.GiftConfig"),
+    PeftMethod("gift", "peft_gift.GiftConfig", exports_lora=True),
     Lofit(),
     PeftMethod("lora", "peft.LoraConfig"),
     PeftMethod("vera", "peft.VeraConfig"),

@@ -6,7 +6,8 @@
 The pieces are public so that a benchmark measures exactly what ``scripts/train.py`` runs: :func:`prepare` (model,
 data and task, every check before any weights are loaded), :func:`evaluate` (the task's evaluator on the whole
 evaluation split, without a ``Trainer``), :func:`fit` (the method's recipe from :mod:`~peft_gift.recipes.methods`)
-and :func:`run` (all of it, plus the saved adapter, the model card, ``results.json`` and the printed table).
+and :func:`run` (all of it, plus the saved adapter, its model card (:mod:`~peft_gift.recipes.card`),
+``results.json``, the printed table and, with ``export_lora``, the adapter as a plain PEFT LoRA adapter).
 
 Under a launcher (``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` > 1) every process trains its share of each
 global batch (data parallel; gloo on CPUs) and evaluates the whole evaluation split itself; only the main process
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .config import ConfigError, check_output_dir, validate_config
-from .data import load_data, resolve_model
+from .data import load_data, published_model, resolve_model
 from .methods import METHODS, param_counts
 from .report import describe_machine, machine_info, markdown_table
 from .tasks import TASKS, Task
@@ -40,7 +41,9 @@ DEFAULT_TRAINING = dict(
 
 @dataclasses.dataclass
 class Job:
-    """A prepared job: the validated config, the resolved model path, raw and encoded splits, and the task."""
+    """A prepared job: the validated config, the resolved model path, raw and encoded splits, and the task;
+    ``base_model`` is the Hub id that the card and adapter_config.json name (None for a local model without
+    ``card.base_model``), ``base_copy`` how the local copy differs from it, ``split`` how the splits were cut."""
 
     cfg: dict
     model_path: str
@@ -49,22 +52,40 @@ class Job:
     eval: Any
     train_enc: Any = None
     eval_enc: Any = None
+    base_model: Optional[str] = None
+    base_copy: Optional[str] = None
+    split: list = dataclasses.field(default_factory=list)
 
     @property
     def seed(self) -> int:
         return int(self.cfg["seed"])
 
+    def load_model(self):
+        """The task's model, named by its Hub id: PEFT then writes that id, not the local path it was loaded from,
+        into adapter_config.json and the card."""
+        model = self.task.load_model()
+        if self.base_model is not None:
+            model.config.name_or_path = self.base_model
+            model.name_or_path = self.base_model
+        return model
+
 
 def prepare(cfg: dict) -> Job:
     """Resolve the model, load/split/check the data, build the task and encode both splits: everything that can fail
     on bad input, done before any model weights are loaded or trained."""
+    from transformers import AutoConfig
+
     cfg = validate_config(cfg)
     model_path = resolve_model(cfg["model"])
+    method = cfg["method"]
+    METHODS[method["name"]].check_model({k: v for k, v in method.items() if k != "name"},
+                                        AutoConfig.from_pretrained(model_path))
     task_cls = TASKS[cfg["task"]]
-    train, evl, columns = load_data(cfg, task_cls)
+    split: list[str] = []
+    train, evl, columns = load_data(cfg, task_cls, split)
     task = task_cls(model_path, cfg["data"], columns, train, evl)
     task.quantization = cfg.get("quantization")
-    return Job(cfg, model_path, task, train, evl, task.encode(train), task.encode(evl))
+    return Job(cfg, model_path, task, train, evl, task.encode(train), task.encode(evl), *published_model(cfg), split)
 
 
 def _training_args(job: Job, training: dict, out: Optional[Path], stage: str):
@@ -139,7 +160,7 @@ class _Context:
         return self.job.seed
 
     def load_model(self):
-        return self.job.task.load_model()
+        return self.job.load_model()
 
     def train(self, model, stage: str, overrides: Optional[dict] = None) -> float:
         trainer = trainer_for(model, self.job, {**self.job.cfg["training"], **(overrides or {})}, self.out, stage)
@@ -159,8 +180,9 @@ def fit(model, job: Job, out: Optional[Path] = None, log: Callable[[str], None] 
 
 
 def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] = None,
-        log: Callable[[str], None] = print) -> dict:
-    """Run one job from a config; write the adapter/model and results.json; return the results dict.
+        log: Callable[[str], None] = print, export_lora: bool = False) -> dict:
+    """Run one job from a config; write the adapter/model, its card and results.json; return the results dict.
+    With ``export_lora`` (GIFT, LoFiT), also ``OUT/lora_export/``: the adapter as a plain PEFT LoRA adapter.
 
     Launched on N processes, each trains on its share of every global batch (N × per_device_train_batch_size) and
     evaluates the whole evaluation split; only the main process logs, saves, writes and pushes, the others wait for
@@ -170,6 +192,7 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
 
     from ..hub import plugin_peft_types, write_model_card
     from ..hub import push_to_hub as peft_gift_push_to_hub
+    from .card import card_facts, write_card
 
     t_start = time.time()
     cfg = validate_config(cfg)
@@ -177,6 +200,12 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     cfg["output_dir"] = str(out)
     seed = int(cfg["seed"])
     method = cfg["method"]
+    if export_lora and not METHODS[method["name"]].exports_lora:
+        raise ConfigError(f"--export-lora: method {method['name']!r} has no exact LoRA form; it is for gift and lofit "
+                          f"(stage-2 offsets){' (a lora adapter already is one)' if method['name'] == 'lora' else ''}")
+    if push_to_hub and published_model(cfg)[0] is None:
+        raise ConfigError(f"--push-to-hub: model {cfg['model']!r} is a local directory; set card.base_model to the Hub "
+                          f"id it is a copy of, so that the card and adapter_config.json name no local path")
     set_seed(seed)
     job = prepare(cfg)
     task = job.task
@@ -186,11 +215,16 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
         log = _silent
     log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples"
         + (f"; {processes} processes" if processes > 1 else ""))
+    for note in job.split:
+        log(note)
+    if job.base_model is None:
+        log(f"note: model {cfg['model']!r} is a local directory: the card names no base model and adapter_config.json "
+            f"keeps the local path; set card.base_model to its Hub id before publishing")
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings etc.; the table below states the setup
     out.mkdir(parents=True, exist_ok=True)
 
     set_seed(seed)
-    model = task.load_model()
+    model = job.load_model()
     log("evaluating the untrained model ...")
     before = evaluate(model, job, out=out)
     log(f"before: {before}")
@@ -211,16 +245,25 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     saves_adapter = METHODS[method["name"]].saves_adapter
     save_dir = out / ("adapter" if saves_adapter else "model")
     results["saved_to"] = str(save_dir)
+    results["labels"] = getattr(task, "label_names", None)
+    results["split"] = job.split
     results["config"] = cfg
+    # the published part: what the card says, naming Hub ids and file names, never a path of this machine
+    results["card"] = card_facts(cfg, results, job.base_model, job.base_copy, results["labels"], job.split)
     if main:
+        machine = describe_machine(machine_info())
         model.save_pretrained(str(save_dir))
+        write_card(save_dir, results["card"], machine)
         plugin_adapter = bool(plugin_peft_types(model))
         if plugin_adapter:
             write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
         if task.tokenizer is not None and not saves_adapter:
             task.tokenizer.save_pretrained(str(save_dir))
+        if export_lora:
+            results["lora_export"] = str(_export_lora(model, out / "lora_export", results["card"]))
+            log(f"wrote {results['lora_export']}: the adapter as a plain PEFT LoRA adapter")
         results["wall_time_s"] = round(time.time() - t_start, 1)
-        results["machine"] = describe_machine(machine_info())
+        results["machine"] = machine
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         log(markdown_table([results]))
         log(f"wrote {save_dir} and {out / 'results.json'}")
@@ -236,6 +279,22 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
 
         dist.barrier()  # the other processes end once the main one has written everything
     return results
+
+
+def _export_lora(model, folder: Path, facts: dict) -> Path:
+    """``peft_gift.export_lora`` of the trained adapter into ``folder``, with a card saying what it is."""
+    import transformers
+
+    from ..export import export_lora
+    from .card import write_export_card
+
+    try:
+        lora_config = export_lora(model, str(folder))
+    except ValueError as e:
+        raise ConfigError(f"--export-lora: {str(e).splitlines()[0]}") from None
+    base_class = type(model.get_base_model()).__name__
+    write_export_card(folder, facts, base_class if hasattr(transformers, base_class) else "AutoModel", lora_config)
+    return folder
 
 
 def _silent(message: str) -> None:

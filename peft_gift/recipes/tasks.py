@@ -7,6 +7,7 @@ methods and the run code ask the task instead of testing its name.
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 from typing import ClassVar, Optional
 
@@ -93,15 +94,30 @@ class _ClassificationTask(Task):
 
     @staticmethod
     def _num_labels(*parts, label: str) -> tuple[int, list[str] | None]:
+        """(number of classes, their names or None). String labels (``positive`` / ``negative`` in a CSV) become
+        classes named after them, sorted; integer labels are class ids."""
         names = getattr(parts[0].features.get(label), "names", None)
         if names:
             return len(names), list(names)
-        values = set()
-        for p in parts:
-            values.update(int(v) for v in p[label])
+        values = {v for p in parts for v in p[label]}
+        if None in values:
+            raise ConfigError(f"label column {label!r} has empty values; every row needs a label")
+        if all(isinstance(v, str) for v in values):
+            return len(values), sorted(values)
+        if not all(isinstance(v, numbers.Integral) for v in values):
+            kinds = sorted({type(v).__name__ for v in values})
+            raise ConfigError(f"label column {label!r} must hold class names (strings) or class ids (integers >= 0), "
+                              f"found {', '.join(kinds)} values such as {next(iter(values))!r}")
         if min(values) < 0:
             raise ConfigError(f"labels must be integers >= 0 (found {min(values)})")
         return max(values) + 1, None
+
+    def _label_ids(self, values) -> list[int]:
+        """Class ids of a batch of labels (names → ids through ``label2id``; a ClassLabel column is already ids)."""
+        if not self.label_names:
+            return [int(v) for v in values]
+        ids = {n: i for i, n in enumerate(self.label_names)}
+        return [v if isinstance(v, numbers.Integral) else ids[v] for v in values]
 
     def _label_kwargs(self) -> dict:
         if not self.label_names:
@@ -183,7 +199,7 @@ class SequenceClassification(_ClassificationTask):
 
         def fn(batch):
             enc = tok(*[batch[c] for c in cols["text"]], truncation=True, max_length=self.max_length)
-            enc["labels"] = [int(v) for v in batch[cols["label"]]]
+            enc["labels"] = self._label_ids(batch[cols["label"]])
             return enc
 
         return ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenizing")
@@ -253,7 +269,7 @@ class ImageClassification(_ClassificationTask):
                 im = im.convert("RGB").resize((size, size), Image.BICUBIC)
                 t = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
                 pix.append((t - mean) / std)
-            return {"pixel_values": pix, "labels": [int(v) for v in batch[label_col]]}
+            return {"pixel_values": pix, "labels": self._label_ids(batch[label_col])}
 
         ds = ds.select_columns([img_col, label_col])
         ds.set_transform(transform)
