@@ -114,6 +114,8 @@ def test_quantized_base_exports_b_from_the_dequantized_weight(tmp_path):
     from test_quantized import LLAMA, load_quantized  # a tiny Llama whose in/out features suit bnb's 4-bit blocks
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from peft_gift._bnb_cpu import keep_standard_4bit_layout
+
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA)).save_pretrained(tmp_path / "base")
     model = get_peft_model(load_quantized("bnb4", tmp_path / "base"), GiftConfig(r=4)).eval()
@@ -121,7 +123,9 @@ def test_quantized_base_exports_b_from_the_dequantized_weight(tmp_path):
     inputs = text_inputs(2, 8)
     expected = _outputs(model, inputs)
     export_lora(model, str(tmp_path / "lora"))
-    lora = PeftModel.from_pretrained(load_quantized("bnb4", tmp_path / "base"), str(tmp_path / "lora")).eval()
+    base = load_quantized("bnb4", tmp_path / "base")
+    keep_standard_4bit_layout(base)  # PEFT's LoRA leaves bitsandbytes' bf16 CPU repacking on (peft_gift._bnb_cpu)
+    lora = PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()
     torch.testing.assert_close(_outputs(lora, inputs), expected, atol=1e-4, rtol=0)
 
 

@@ -1,13 +1,11 @@
-"""One parametrized workflow suite for both tuners, in the spirit of PEFT's ``testing_common`` (issue 10).
+"""One parametrized workflow suite for both tuners, in the spirit of PEFT's ``testing_common``.
 
-Rows: tuner ∈ {gift, lofit, lora} × architecture ∈ {llama (GQA), mistral, qwen2, gemma, gpt2, bert, roberta, vit, t5}
-(tiny random models from configs, see ``tiny_models.py``). Every workflow is one test function run for every row;
-the ``lora`` rows are the twin: PEFT's own LoRA in the same workflow is the reference for what a PEFT user expects.
-Where LoRA itself does something a user would not want (e.g. it loads NaN tensors silently), the LoRA branch
-documents PEFT's behaviour in a comment instead of asserting the ideal.
-
-Expectations are written to the spec (what LoRA does / what the README promises), not to the current behaviour of
-peft-gift: tests for the defects of issue 10 fail until the library is fixed.
+Rows: tuner ∈ {gift, lofit} × architecture ∈ {llama (GQA), mistral, qwen2, gemma, gpt2, bert, roberta, vit, t5}
+(tiny random models from configs, see ``tiny_models.py``), plus the ``lora`` twin on one architecture of each kind
+(causal, seq2seq, classification head, image): PEFT's own LoRA in the same workflow is the reference for what a PEFT
+user expects. Every workflow is one test function run for every row. Where LoRA itself does something a user would
+not want (e.g. it loads NaN tensors silently), the LoRA branch documents PEFT's behaviour in a comment instead of
+asserting the ideal. Expectations are written to the spec (what LoRA does / what the README promises).
 """
 
 from __future__ import annotations
@@ -73,10 +71,12 @@ TUNERS = ("gift", "lofit", "lora")
 
 
 def rows(archs=None, tuners=TUNERS):
+    """GIFT and LoFiT on every architecture of ``archs``; the LoRA twin (PEFT's own behaviour, the reference) on the
+    first architecture of each kind (causal, seq2seq, seq_cls, image): its workflow does not depend on more."""
     archs = archs or list(ARCHS)
-    return pytest.mark.parametrize(
-        "tuner,arch", [(t, a) for t in tuners for a in archs], ids=[f"{t}-{a}" for t in tuners for a in archs]
-    )
+    twins = {ARCHS[a].kind: a for a in reversed(archs)}.values()
+    pairs = [(t, a) for t in tuners for a in archs if t != "lora" or a in twins]
+    return pytest.mark.parametrize("tuner,arch", pairs, ids=[f"{t}-{a}" for t, a in pairs])
 
 
 ALL_ROWS = rows()
@@ -625,8 +625,8 @@ def test_failed_then_retried_load(tuner, arch, store, tmp_path):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 model = PeftModel.from_pretrained(base, bad).eval()
-            if how == "nan":
-                assert torch.isnan(logits(model, inputs)).any()
+            if how == "nan":  # in the weights (the logits too, unless B = 0 and the CPU's BLAS skips 0·NaN)
+                assert _has_nan_lora_weight(model)
             else:
                 assert any("missing adapter keys" in str(w.message) for w in caught)
             base = ARCHS[arch].build()  # LoRA leaves its layers in the base: start the retry from a clean one
@@ -654,6 +654,10 @@ def test_failed_then_retried_load(tuner, arch, store, tmp_path):
     torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-5)
 
 
+def _has_nan_lora_weight(model) -> bool:
+    return any(torch.isnan(p).any() for n, p in model.named_parameters() if "lora_" in n)
+
+
 @ALL_ROWS
 def test_failed_load_into_existing_adapter(tuner, arch):
     """`set_peft_model_state_dict(pm, bad)` into an adapter that already exists must raise and leave it exactly as
@@ -669,8 +673,7 @@ def test_failed_load_into_existing_adapter(tuner, arch):
         if tuner == "lora":
             # PEFT's LoRA copies the NaN in without a word (no value checks in set_peft_model_state_dict).
             set_peft_model_state_dict(model, bad, adapter_name=target)
-            model.set_adapter(target)
-            assert torch.isnan(logits(model, inputs)).any()
+            assert _has_nan_lora_weight(model)
             set_peft_model_state_dict(model, state, adapter_name=target)  # restore for the next target
             model.set_adapter("default")
             continue
