@@ -190,29 +190,16 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from ..hub import plugin_peft_types, write_model_card
-    from ..hub import push_to_hub as peft_gift_push_to_hub
-    from .card import card_facts, write_card
-
     t_start = time.time()
     cfg = validate_config(cfg)
     out = check_output_dir(output_dir or cfg["output_dir"])
     cfg["output_dir"] = str(out)
-    seed = int(cfg["seed"])
-    method = cfg["method"]
-    if export_lora and not METHODS[method["name"]].exports_lora:
-        raise ConfigError(f"--export-lora: method {method['name']!r} has no exact LoRA form; it is for gift and lofit "
-                          f"(stage-2 offsets){' (a lora adapter already is one)' if method['name'] == 'lora' else ''}")
-    if push_to_hub and published_model(cfg)[0] is None:
-        raise ConfigError(f"--push-to-hub: model {cfg['model']!r} is a local directory; set card.base_model to the Hub "
-                          f"id it is a copy of, so that the card and adapter_config.json name no local path")
-    set_seed(seed)
+    _check_run_options(cfg, push_to_hub, export_lora)
+    set_seed(int(cfg["seed"]))
     job = prepare(cfg)
-    task = job.task
     processes = _training_args(job, cfg["training"], out, "train").world_size  # starts torch.distributed if launched
     main = _is_main()
-    if not main:
-        log = _silent
+    log = log if main else _silent
     log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples"
         + (f"; {processes} processes" if processes > 1 else ""))
     for note in job.split:
@@ -223,15 +210,48 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings etc.; the table below states the setup
     out.mkdir(parents=True, exist_ok=True)
 
-    set_seed(seed)
+    set_seed(int(cfg["seed"]))
+    model, results = _train_and_evaluate(job, out, log)
+    results["processes"] = processes
+    if main:
+        _write_outputs(model, job, out, results, log, push_to_hub, export_lora)
+        results["wall_time_s"] = round(time.time() - t_start, 1)
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        log(markdown_table([results]))
+        log(f"wrote {results['saved_to']} and {out / 'results.json'}")
+        if push_to_hub:
+            _push(model, push_to_hub, out, log)
+    if processes > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the other processes end once the main one has written everything
+    return results
+
+
+def _check_run_options(cfg: dict, push_to_hub: Optional[str], export_lora: bool) -> None:
+    """Refuse --export-lora / --push-to-hub before anything is loaded where they cannot work."""
+    name = cfg["method"]["name"]
+    if export_lora and not METHODS[name].exports_lora:
+        raise ConfigError(f"--export-lora: method {name!r} has no exact LoRA form; it is for gift and lofit "
+                          f"(stage-2 offsets){' (a lora adapter already is one)' if name == 'lora' else ''}")
+    if push_to_hub and published_model(cfg)[0] is None:
+        raise ConfigError(f"--push-to-hub: model {cfg['model']!r} is a local directory; set card.base_model to the Hub "
+                          f"id it is a copy of, so that the card and adapter_config.json name no local path")
+
+
+def _train_and_evaluate(job: Job, out: Path, log: Callable[[str], None]):
+    """Evaluate the untrained model, apply and train the method, evaluate again: (model, results)."""
+    from .card import card_facts
+
+    cfg, task = job.cfg, job.task
     model = job.load_model()
     log("evaluating the untrained model ...")
     before = evaluate(model, job, out=out)
     log(f"before: {before}")
     results: dict[str, Any] = {"model": cfg["model"], "model_path": job.model_path, "task": cfg["task"],
-                               "method": method["name"], "dataset": cfg["data"]["dataset"],
+                               "method": cfg["method"]["name"], "dataset": cfg["data"]["dataset"],
                                "train_examples": len(job.train), "eval_examples": len(job.eval),
-                               "metric": task.metric, "before": before, "processes": processes}
+                               "metric": task.metric, "before": before}
     model, stats = fit(model, job, out, log)
     if "stages" in stats:
         results["stages"] = stats["stages"]
@@ -241,44 +261,45 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     log("evaluating the fine-tuned model ...")
     results["after"] = evaluate(model, job, out=out)
     log(f"after: {results['after']}")
-
-    saves_adapter = METHODS[method["name"]].saves_adapter
-    save_dir = out / ("adapter" if saves_adapter else "model")
-    results["saved_to"] = str(save_dir)
+    saves_adapter = METHODS[cfg["method"]["name"]].saves_adapter
+    results["saved_to"] = str(out / ("adapter" if saves_adapter else "model"))
     results["labels"] = getattr(task, "label_names", None)
     results["split"] = job.split
     results["config"] = cfg
     # the published part: what the card says, naming Hub ids and file names, never a path of this machine
     results["card"] = card_facts(cfg, results, job.base_model, job.base_copy, results["labels"], job.split)
-    if main:
-        machine = describe_machine(machine_info())
-        model.save_pretrained(str(save_dir))
-        write_card(save_dir, results["card"], machine)
-        plugin_adapter = bool(plugin_peft_types(model))
-        if plugin_adapter:
-            write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
-        if task.tokenizer is not None and not saves_adapter:
-            task.tokenizer.save_pretrained(str(save_dir))
-        if export_lora:
-            results["lora_export"] = str(_export_lora(model, out / "lora_export", results["card"]))
-            log(f"wrote {results['lora_export']}: the adapter as a plain PEFT LoRA adapter")
-        results["wall_time_s"] = round(time.time() - t_start, 1)
-        results["machine"] = machine
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        log(markdown_table([results]))
-        log(f"wrote {save_dir} and {out / 'results.json'}")
-        if push_to_hub:
-            try:
-                peft_gift_push_to_hub(model, push_to_hub) if plugin_adapter else model.push_to_hub(push_to_hub)
-                log(f"pushed to https://huggingface.co/{push_to_hub}")
-            except Exception as e:  # noqa: BLE001
-                raise ConfigError(f"push_to_hub({push_to_hub!r}) failed ({str(e).splitlines()[0][:160]}); the results "
-                                  f"are saved in {out}; log in with `hf auth login` and check network access") from None
-    if processes > 1:
-        import torch.distributed as dist
+    return model, results
 
-        dist.barrier()  # the other processes end once the main one has written everything
-    return results
+
+def _write_outputs(model, job: Job, out: Path, results: dict, log, push_to_hub, export_lora: bool) -> None:
+    """Save the adapter (or model) with its cards, and the LoRA export if asked for (the main process only)."""
+    from ..hub import plugin_peft_types, write_model_card
+    from .card import write_card
+
+    save_dir = Path(results["saved_to"])
+    machine = describe_machine(machine_info())
+    model.save_pretrained(str(save_dir))
+    write_card(save_dir, results["card"], machine)
+    if plugin_peft_types(model):
+        write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
+    if job.task.tokenizer is not None and not METHODS[job.cfg["method"]["name"]].saves_adapter:
+        job.task.tokenizer.save_pretrained(str(save_dir))
+    if export_lora:
+        results["lora_export"] = str(_export_lora(model, out / "lora_export", results["card"]))
+        log(f"wrote {results['lora_export']}: the adapter as a plain PEFT LoRA adapter")
+    results["machine"] = machine
+
+
+def _push(model, repo: str, out: Path, log) -> None:
+    from ..hub import plugin_peft_types
+    from ..hub import push_to_hub as peft_gift_push_to_hub
+
+    try:
+        peft_gift_push_to_hub(model, repo) if plugin_peft_types(model) else model.push_to_hub(repo)
+        log(f"pushed to https://huggingface.co/{repo}")
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"push_to_hub({repo!r}) failed ({str(e).splitlines()[0][:160]}); the results are saved in "
+                          f"{out}; log in with `hf auth login` and check network access") from None
 
 
 def _export_lora(model, folder: Path, facts: dict) -> Path:
