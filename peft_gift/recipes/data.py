@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import assets
-from .config import ConfigError
+from .checks import ConfigError
 
 
 def _reason(e: Exception) -> str:

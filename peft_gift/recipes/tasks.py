@@ -13,7 +13,7 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from .config import ConfigError
+from .checks import ConfigError
 from .metrics import classification_metrics
 
 HEAD_NAMES = ("classifier", "score")
