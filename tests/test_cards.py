@@ -183,3 +183,21 @@ def test_export_lora_flag_is_refused_for_methods_without_a_lora_form(files, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: --export-lora:") and f"{method!r}" in err[-1], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_push_is_not_a_config_error_and_keeps_the_outputs(files, tmp_path, capsys, monkeypatch):
+    """The run finished and wrote everything; only the upload failed (no network here): exit 1 with one line saying
+    so, not the config-error exit 2 (it was reported as a ConfigError)."""
+    import peft_gift.hub
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(peft_gift.hub, "push_to_hub", offline)
+    cfg = _cfg(files, {"name": "gift", "r": 2, "target_modules": ["query"]}, card={"base_model": HUB_ID})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rc = cli.main([str(path), "--output-dir", str(tmp_path / "out"), "--push-to-hub", "me/adapter"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and "push_to_hub('me/adapter') failed (no network)" in err[-1] and "hf auth login" in err[-1]
+    assert (tmp_path / "out" / "results.json").exists() and (tmp_path / "out" / "adapter").is_dir()

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
-from .pipeline import run
+from .pipeline import PushError, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub, export_lora=args.export_lora)
-    except ConfigError as e:
+    except ConfigError as e:  # nothing was run
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PushError as e:  # the run finished and wrote its outputs; only the upload failed
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0

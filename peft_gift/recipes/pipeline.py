@@ -290,6 +290,10 @@ def _write_outputs(model, job: Job, out: Path, results: dict, log, push_to_hub, 
     results["machine"] = machine
 
 
+class PushError(RuntimeError):
+    """Pushing the trained adapter to the Hub failed; the run itself finished and its outputs are on disk."""
+
+
 def _push(model, repo: str, out: Path, log) -> None:
     from ..hub import plugin_peft_types
     from ..hub import push_to_hub as peft_gift_push_to_hub
@@ -298,8 +302,8 @@ def _push(model, repo: str, out: Path, log) -> None:
         peft_gift_push_to_hub(model, repo) if plugin_peft_types(model) else model.push_to_hub(repo)
         log(f"pushed to https://huggingface.co/{repo}")
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"push_to_hub({repo!r}) failed ({str(e).splitlines()[0][:160]}); the results are saved in "
-                          f"{out}; log in with `hf auth login` and check network access") from None
+        raise PushError(f"push_to_hub({repo!r}) failed ({str(e).splitlines()[0][:160]}); the results are saved in "
+                        f"{out}; log in with `hf auth login` and check network access") from None
 
 
 def _export_lora(model, folder: Path, facts: dict) -> Path:
