@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger("peft_gift.recipes.assets")
 
 
 class AssetError(RuntimeError):
@@ -22,7 +25,8 @@ def cache_dir() -> Path:
 
 
 def log(msg: str) -> None:
-    print(f"[peft_gift.recipes.assets] {msg}", file=sys.stderr, flush=True)
+    """Progress of installing/converting an asset (``logging``; `assets.main` shows it on stderr)."""
+    logger.info(msg)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Callable
 
 from .asset_builds import build_cifar10, build_commonsense, build_twitter, convert_dinov2, convert_smollm2
 from .asset_packages import PACKAGES, AssetError, cache_dir, ensure_package, is_done, log, mark_done
+from .report import console_logging
 
 __all__ = ["AssetError", "cache_dir", "ensure_package", "PACKAGES"]  # re-exported: callers use assets.AssetError
 
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("path", help="print the local path of one asset (setting it up if needed)")
     q.add_argument("name")
     args = p.parse_args(argv)
+    with console_logging(sys.stderr, prefix="[peft_gift.recipes.assets] "):  # stdout: the listing / the path only
+        return _main(args)
+
+
+def _main(args) -> int:
     try:
         if args.cmd == "list":
             for k, m in MODELS.items():

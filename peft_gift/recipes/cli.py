@@ -7,6 +7,7 @@ import sys
 
 from .config import ConfigError, load_config
 from .pipeline import PushError, run
+from .report import console_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub, export_lora=args.export_lora)
+        with console_logging(sys.stdout):
+            run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub, export_lora=args.export_lora)
     except ConfigError as e:  # nothing was run
         print(f"error: {e}", file=sys.stderr)
         return 2

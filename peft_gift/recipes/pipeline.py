@@ -144,12 +144,16 @@ class _Context:
 
     job: Job
     out: Optional[Path]
-    log: Callable[[str], None]
     steps: int = 0  # optimizer steps taken, all stages
 
     @property
     def main(self) -> bool:
         return _is_main()
+
+    def log(self, message: str) -> None:
+        """Progress, through this module's logger; the main process only when launched on several."""
+        if self.main:
+            logger.info(message)
 
     @property
     def task(self) -> Task:
@@ -169,24 +173,24 @@ class _Context:
         return time.time() - t0
 
 
-def fit(model, job: Job, out: Optional[Path] = None, log: Callable[[str], None] = logger.info):
+def fit(model, job: Job, out: Optional[Path] = None):
     """Apply the job's method to ``model`` and train it: ``(trained model, stats)``; stats has ``train_time_s``,
     ``optimizer_steps`` and, for two-stage methods, ``stages``."""
     method = job.cfg["method"]
     params = {k: v for k, v in method.items() if k != "name"}
-    ctx = _Context(job, out, log)
+    ctx = _Context(job, out)
     model, stats = METHODS[method["name"]].fit(model, params, ctx)
     return model, {**stats, "optimizer_steps": ctx.steps}
 
 
 def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] = None,
-        log: Callable[[str], None] = print, export_lora: bool = False) -> dict:
+        export_lora: bool = False) -> dict:
     """Run one job from a config; write the adapter/model, its card and results.json; return the results dict.
     With ``export_lora`` (GIFT, LoFiT), also ``OUT/lora_export/``: the adapter as a plain PEFT LoRA adapter.
 
     Launched on N processes, each trains on its share of every global batch (N × per_device_train_batch_size) and
     evaluates the whole evaluation split; only the main process logs, saves, writes and pushes, the others wait for
-    it."""
+    it. Progress and the results table go through the ``peft_gift.recipes.pipeline`` logger (the CLI shows them)."""
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -199,7 +203,7 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     job = prepare(cfg)
     processes = _training_args(job, cfg["training"], out, "train").world_size  # starts torch.distributed if launched
     main = _is_main()
-    log = log if main else _silent
+    log = logger.info if main else _silent
     log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples"
         + (f"; {processes} processes" if processes > 1 else ""))
     for note in job.split:
@@ -252,7 +256,7 @@ def _train_and_evaluate(job: Job, out: Path, log: Callable[[str], None]):
                                "method": cfg["method"]["name"], "dataset": cfg["data"]["dataset"],
                                "train_examples": len(job.train), "eval_examples": len(job.eval),
                                "metric": task.metric, "before": before}
-    model, stats = fit(model, job, out, log)
+    model, stats = fit(model, job, out)
     if "stages" in stats:
         results["stages"] = stats["stages"]
     results.update(param_counts(model))

@@ -1,9 +1,29 @@
-"""What a run reports beside its metrics: the machine it ran on and the markdown results table."""
+"""What a run reports beside its metrics: the machine it ran on, the markdown results table, and where the progress
+messages of the recipes (``logging`` under ``peft_gift``) are shown when a command runs them."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from contextlib import contextmanager
+
+
+@contextmanager
+def console_logging(stream, prefix: str = ""):
+    """Show ``peft_gift``'s INFO messages on ``stream`` (one line each, after ``prefix``) while the block runs: what the
+    command-line entry points do; as a library the recipes only log."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    package = logging.getLogger("peft_gift")
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 def machine_info() -> dict:
