@@ -3,10 +3,7 @@
 import pytest
 import torch
 import torch._dynamo as dynamo
-from peft import get_peft_model
-from tiny_models import randomise_theta, text_inputs, tiny_llama
-
-from peft_gift import GiftConfig
+from tiny_models import random_gift_model, text_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -16,20 +13,14 @@ def _reset_dynamo():
     dynamo.reset()
 
 
-def gift_model():
-    model = get_peft_model(tiny_llama(), GiftConfig(r=4))
-    randomise_theta(model)
-    return model
-
-
 def test_no_graph_breaks():
-    explanation = dynamo.explain(gift_model())(**text_inputs())
+    explanation = dynamo.explain(random_gift_model())(**text_inputs())
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
 
 def test_compiled_forward_and_backward_match_eager():
-    model = gift_model()
+    model = random_gift_model()
     inputs = text_inputs()
     eager = model(**inputs, labels=inputs["input_ids"])
     eager.loss.backward()
@@ -46,7 +37,7 @@ def test_compiled_forward_and_backward_match_eager():
 
 @pytest.mark.slow
 def test_inductor_forward_matches_eager():
-    model = gift_model()
+    model = random_gift_model()
     inputs = text_inputs()
     with torch.no_grad():
         eager = model(**inputs).logits

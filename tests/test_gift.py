@@ -1,4 +1,5 @@
-"""GIFT numerics: adapter == formula, identity at init, exact merge/unmerge, parameter counts, sharing modes."""
+"""GIFT numerics: adapter == formula, identity at init, exact merge/unmerge, parameter counts, sharing modes, Θ groups
+and targeting (layers_to_transform in both tuners)."""
 
 import copy
 
@@ -20,10 +21,11 @@ from tiny_models import (
     tiny_t5,
     tiny_vit,
 )
+from torch import nn
 from transformers import RobertaConfig, RobertaForSequenceClassification, ViTConfig, ViTModel
 
-from peft_gift import GiftConfig
-from peft_gift.gift import GiftLayer
+from peft_gift import GiftConfig, LofitConfig
+from peft_gift.gift import GiftLayer, group_key
 
 ARCHS = {
     "llama": (tiny_llama, text_inputs),
@@ -120,6 +122,34 @@ def test_merge_unmerge_merge_and_unload(arch):
     assert set(merged.state_dict()) == base_keys
 
 
+@pytest.mark.parametrize("kind", ["singular", "ill-conditioned", "well-conditioned"])
+def test_unmerge_restores_weights_exactly_whatever_the_conditioning(kind):
+    """Θ = (φ, ψ) with ψ = c·φᵀ on one unit direction: I + sφψ is singular for c = -1 and ill-conditioned for
+    c = -0.99999. Merging still gives the adapter's outputs, and unmerging (also inside disable_adapter) restores the
+    base weights exactly: by Woodbury when I + sφψ is well-conditioned, from the copy of W that merge keeps otherwise."""
+    base = tiny_llama()
+    weights = {k: v.clone() for k, v in base.state_dict().items()}
+    pm = get_peft_model(base, GiftConfig(r=2, target_modules=["q_proj"]))
+    direction = F.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)
+    scale = {"singular": -1.0, "ill-conditioned": -0.99999, "well-conditioned": 0.3}[kind]
+    with torch.no_grad():
+        for name, param in pm.named_parameters():
+            if "gift_phi" in name:
+                param.copy_(torch.stack([direction, torch.zeros(64)], dim=1))
+            if "gift_psi" in name:
+                param.copy_(torch.stack([direction * scale, torch.zeros(64)]))
+    merged_reference = model_output(pm, text_inputs())
+    pm.merge_adapter()
+    torch.testing.assert_close(model_output(pm, text_inputs()), merged_reference, atol=1e-4, rtol=1e-4)
+    with pm.disable_adapter():
+        plain = model_output(pm, text_inputs())  # unmerges inside
+    pm.unmerge_adapter()
+    for key, value in pm.get_base_model().state_dict().items():
+        if "gift_" not in key:
+            torch.testing.assert_close(value, weights[key.replace(".base_layer", "")], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(plain, model_output(tiny_llama(), text_inputs()), atol=1e-5, rtol=1e-5)
+
+
 def test_merge_is_relative_to_unmerged_weight_and_twice_warns():
     model = get_peft_model(tiny_llama(), GiftConfig(r=4))
     randomise_theta(model)
@@ -198,6 +228,21 @@ def test_sharing_all_means_one_parameter_object_used_everywhere():
     assert len(phis) == 1 and len(gift_layers(model)) == 4
 
 
+def test_group_names_are_injective_and_never_empty():
+    """Θ group keys (ParameterDict keys: no dots, not empty) of distinct module names never collide, and numbered
+    top-level modules (an nn.Sequential) get a group."""
+    names = ["a.b-c", "a-b.c", "a.b.c", "a~b.c", "0", "layers.0.q", "x-y"]
+    for sharing in ("module", "layer"):
+        keys = [group_key(n, sharing) for n in names]
+        assert all(keys) and all("." not in k for k in keys)
+    layer_keys = [group_key(n, "layer") for n in names]
+    assert len(set(layer_keys)) == len(names)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    pm = get_peft_model(model, GiftConfig(r=2, target_modules=["0", "2"]))
+    assert sum(isinstance(m, GiftLayer) for m in pm.modules()) == 2
+    assert len(pm.base_model.gift_phi["default"]) == 1  # both Linear layers: one module type, one Θ
+
+
 def test_sharing_all_with_unequal_in_features_raises_and_leaves_model_untouched():
     base = tiny_llama()
     before = {n: type(m) for n, m in base.named_modules()}
@@ -219,6 +264,16 @@ def test_layers_to_transform_restricts_targets():
     assert sorted(model.base_model.targeted_module_names) == [
         "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
     assert len(model.base_model.gift_phi["default"]) == 2
+
+
+@pytest.mark.parametrize("method", ["gift", "lofit"])
+def test_layers_to_transform_applies_to_regex_targets_in_both_tuners(method):
+    config = {"gift": lambda: GiftConfig(r=2, target_modules=r".*\.q_proj", layers_to_transform=[1]),
+              "lofit": lambda: LofitConfig(mode="scale", target_modules=r".*\.o_proj", layers_to_transform=[1])}[method]
+    pm = get_peft_model(tiny_llama(), config())
+    adapted = sorted(n for n, m in pm.named_modules() if isinstance(m, BaseTunerLayer))
+    suffix = "q_proj" if method == "gift" else "o_proj"
+    assert adapted == [f"base_model.model.model.layers.1.self_attn.{suffix}"]
 
 
 def test_dropout_only_in_training():

@@ -1,4 +1,5 @@
-"""GIFT through PEFT's whole adapter lifecycle (the generic checks PEFT runs on its own tuners)."""
+"""GIFT through PEFT's whole adapter lifecycle (the generic checks PEFT runs on its own tuners), and the loading checks
+GIFT and LoFiT share."""
 
 import copy
 import json
@@ -7,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from tiny_models import (
@@ -21,7 +22,7 @@ from tiny_models import (
 )
 from torch import nn
 
-from peft_gift import GiftConfig
+from peft_gift import GiftConfig, LofitConfig
 from peft_gift.gift import GiftLayer
 
 
@@ -364,8 +365,8 @@ def test_load_under_other_names_and_substring_names(tmp_path):
 @pytest.mark.parametrize("method", ["gift", "lora"])
 def test_refused_load_keeps_an_adapter_left_by_an_earlier_failed_load(tmp_path, method):
     """`load_adapter` from a folder without weights fails after creating the adapter (PEFT leaves it in place). A
-    later load under that name that fails must keep it: it existed before that call. (The rollback once took the
-    later call for the one that created the adapter: it compared stack-frame ids, which CPython reuses.)"""
+    later load under that name that fails must keep it: it existed before that call. (The rollback must tell the call that
+    created the adapter from a later one without comparing stack-frame ids, which CPython reuses.)"""
     config = GiftConfig(r=4) if method == "gift" else LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     model = get_peft_model(tiny_llama(), config)
     model.save_pretrained(tmp_path / "good")
@@ -388,8 +389,8 @@ def test_refused_load_keeps_an_adapter_left_by_an_earlier_failed_load(tmp_path, 
 @pytest.mark.parametrize("method", ["gift", "lora"])
 def test_load_onto_a_base_that_still_carries_lora_layers(tmp_path, method):
     """A base to which an earlier `get_peft_model(base, LoraConfig(...))` added LoRA layers (adapter 'default', B = 0)
-    loads a saved adapter, and a refused file names only the tensors of the method being loaded (the check counted
-    LoRA's ``lora_A.default.weight`` as missing from a GIFT file)."""
+    loads a saved adapter, and a refused file names only the tensors of the method being loaded (a GIFT file is
+    not missing LoRA's ``lora_A.default.weight``)."""
     lora = LoraConfig(r=4, target_modules=["v_proj"], init_lora_weights=False)
     config = GiftConfig(r=4) if method == "gift" else lora
     saved = get_peft_model(tiny_llama(), config)
@@ -409,6 +410,22 @@ def test_load_onto_a_base_that_still_carries_lora_layers(tmp_path, method):
         only_gift = r"missing tensors \['base_model.gift_phi.default.model-layers-self_attn-v_proj'\]\."
         with pytest.raises(ValueError, match=only_gift):
             PeftModel.from_pretrained(base, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("method", ["gift", "lofit"])
+def test_loading_refuses_another_adapters_head(method):
+    """A state dict loaded into adapter "b" that carries adapter "default"'s modules_to_save head is refused (naming
+    the unexpected tensors), and "default"'s head stays as it was, in both tuners."""
+    config = {"gift": lambda: GiftConfig(r=4, task_type="SEQ_CLS"),
+              "lofit": lambda: LofitConfig(mode="scale", task_type="SEQ_CLS")}[method]
+    pm = get_peft_model(tiny_bert(), config())
+    pm.add_adapter("b", config())
+    head = pm.base_model.model.classifier.modules_to_save["default"].weight.detach().clone()
+    state = get_peft_model_state_dict(pm, adapter_name="b")
+    state["classifier.modules_to_save.default.weight"] = torch.zeros_like(head)
+    with pytest.raises(ValueError, match=r"unexpected tensors .*modules_to_save\.default"):
+        set_peft_model_state_dict(pm, state, adapter_name="b")
+    assert torch.equal(pm.base_model.model.classifier.modules_to_save["default"].weight, head)
 
 
 def test_low_cpu_mem_usage_and_device_map(tmp_path):

@@ -18,10 +18,10 @@ import yaml
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
+from tiny_models import model_output, random_gift_model, text_inputs, tiny_llama
 
 import peft_gift
-from peft_gift import GiftConfig, LofitConfig
+from peft_gift import LofitConfig
 
 BASE_ID = "tiny-org/tiny-llama"
 
@@ -92,9 +92,7 @@ def base():
 
 
 def gift_model():
-    model = get_peft_model(base(), GiftConfig(r=4))
-    randomise_theta(model)
-    return model
+    return random_gift_model(base())
 
 
 def lofit_model():

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
-from tiny_models import image_inputs, randomise_theta, text_inputs, tiny_dinov2, tiny_gpt2, tiny_llama, tiny_vit
+from tiny_models import (
+    image_inputs,
+    random_gift_model,
+    randomise_theta,
+    text_inputs,
+    tiny_dinov2,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_vit,
+)
 
 import peft_gift
 from peft_gift import interpret
@@ -20,9 +29,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def gift_model(factory, seed=1, **config):
-    model = get_peft_model(factory(), peft_gift.GiftConfig(**config))
-    randomise_theta(model, std=0.2, seed=seed)
-    return model
+    return random_gift_model(factory(), std=0.2, seed=seed, **config)
 
 
 def named_gift_layers(model):

@@ -6,8 +6,17 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, PeftConfig, get_peft_model
-from tiny_models import image_inputs, model_output, text_inputs, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from tiny_models import (
+    image_inputs,
+    model_output,
+    randomise_lofit,
+    text_inputs,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_vit,
+)
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
@@ -60,15 +69,6 @@ def capture_projection_inputs(model, targets):
     return captured, handles
 
 
-def randomize(peft_model, std=0.3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lofit_layers(peft_model).values():
-            for container in (layer.lofit_head_scale, layer.lofit_head_offset):
-                for p in container.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 # ---------------------------------------------------------------------------------------------------- targets / counts
 @pytest.mark.parametrize("name", ALL)
 def test_default_targets_are_attention_output_projections_only(name):
@@ -119,6 +119,17 @@ def test_geometry_from_config_head_dim_not_hidden_over_heads():
     cfg = pm.peft_config["default"]
     assert (cfg.num_heads, cfg.head_dim) == (4, 8)
     assert lofit_layers(pm)[0].lofit_head_scale["default"].weight.shape == (4, 8)
+
+
+def test_adapter_refuses_a_model_with_other_head_geometry(tmp_path):
+    """A saved adapter's (num_heads, head_dim) must match the model it is loaded into, even at the same width; the
+    refused load leaves no LoFiT layer behind."""
+    pm = get_peft_model(tiny_llama(), LofitConfig(mode="scale"))
+    pm.save_pretrained(tmp_path)
+    other = tiny_llama(num_attention_heads=8, num_key_value_heads=4, head_dim=8)  # same width, other heads
+    with pytest.raises(ValueError, match=r"LofitConfig.num_heads=4 does not match this model.*num_heads=8"):
+        PeftModel.from_pretrained(other, tmp_path)
+    assert not any("lofit" in type(m).__module__ for m in other.modules())
 
 
 def test_print_trainable_parameters(capsys):
@@ -242,7 +253,7 @@ def test_select_heads_global_ranking_best_first():
 
 def test_stage2_config_from_model_and_config():
     pm = get_peft_model(tiny_llama(), LofitConfig(mode="scale", l1_lambda=0.01, task_type="CAUSAL_LM"))
-    randomize(pm)
+    randomise_lofit(pm)
     heads = select_heads(pm, k=3)
     c2 = lofit_stage2_config(pm, heads, init_std=0.0)
     assert isinstance(c2, LofitConfig) and c2.mode == "bias" and c2.l1_lambda == 0.0 and c2.init_std == 0.0
@@ -265,7 +276,7 @@ def test_merge_equals_unmerged_and_unmerge_restores(name, mode):
     before = {k: v.clone() for k, v in base.state_dict().items()}
     heads = None if mode == "scale" else [(0, 3), (1, 1), (1, 2)]
     pm = get_peft_model(base, LofitConfig(mode=mode, heads=heads))
-    randomize(pm, std=0.3)
+    randomise_lofit(pm, std=0.3)
     adapted = model_output(pm, inputs)
     assert not torch.allclose(adapted, base_out, atol=1e-4)
     pm.merge_adapter()
@@ -299,7 +310,7 @@ def test_merge_and_unload_save_reload_same_logits(name, tmp_path):
     pm = get_peft_model(base, LofitConfig(mode="bias", heads=[(0, 1), (1, 3)]))
     pm.add_adapter("scale", LofitConfig(mode="scale"))
     pm.base_model.set_adapter(["default", "scale"])
-    randomize(pm, std=0.3)
+    randomise_lofit(pm, std=0.3)
     adapted = model_output(pm, inputs)
     merged = pm.merge_and_unload()
     torch.testing.assert_close(model_output(merged, inputs), adapted, atol=1e-4, rtol=1e-4)
@@ -320,7 +331,7 @@ def test_sequential_merge_equals_joint_merge_and_unmerge_restores():
     pm = get_peft_model(base, LofitConfig(mode="scale"), adapter_name="s")
     pm.add_adapter("b", LofitConfig(mode="bias", heads=[(0, 0), (1, 2)]))
     pm.base_model.set_adapter(["s", "b"])
-    randomize(pm, std=0.4)
+    randomise_lofit(pm, std=0.4)
     joint = model_output(pm, inputs)
     pm.merge_adapter(["s"])
     pm.merge_adapter(["b"])
@@ -348,7 +359,7 @@ def test_merge_unmerge_cycles_restore_the_weights(name, method):
         pm.add_adapter("t", LofitConfig(mode="scale", heads=[(0, 1), (1, 2)]))
         pm.add_adapter("b", LofitConfig(mode="bias", heads=[(0, 1), (1, 3)]))
         pm.base_model.set_adapter(["s", "t", "b"])
-        randomize(pm, std=0.3)
+        randomise_lofit(pm, std=0.3)
     else:
         pm = get_peft_model(base, LoraConfig(r=4, target_modules=["o_proj"], init_lora_weights=False))
     def base_weights():
@@ -387,7 +398,7 @@ def test_safe_merge_detects_nan_and_leaves_weights(mode):
 def test_safe_merge_equals_adapter_output():
     base, inputs, _ = build("bert")
     pm = get_peft_model(base, LofitConfig(mode="scale"))
-    randomize(pm)
+    randomise_lofit(pm)
     adapted = model_output(pm, inputs)
     merged = pm.merge_and_unload(safe_merge=True)
     torch.testing.assert_close(model_output(merged, inputs), adapted, atol=1e-4, rtol=1e-4)
@@ -396,7 +407,7 @@ def test_safe_merge_equals_adapter_output():
 def test_merge_twice_warns_and_changes_nothing():
     base, inputs, _ = build("llama")
     pm = get_peft_model(base, LofitConfig(mode="bias", heads=[(0, 0)]))
-    randomize(pm)
+    randomise_lofit(pm)
     pm.merge_adapter()
     state = {k: v.clone() for k, v in pm.state_dict().items()}
     with pytest.warns(UserWarning, match="All adapters are already merged"):
@@ -424,8 +435,8 @@ def test_heads_json_round_trip(tmp_path):
                                   lambda: LofitConfig(mode="scale"), lambda: LoraConfig()],
                          ids=["lofit-bias", "lofit-scale", "lora"])
 def test_to_dict_equals_the_saved_json(tmp_path, make):
-    """PEFT's `test_from_json_file`: a config's `to_dict()` equals the JSON it saves (LoFiT's `heads` were tuples in
-    `to_dict()` and lists in the file)."""
+    """PEFT's `test_from_json_file`: a config's `to_dict()` equals the JSON it saves (LoFiT's `heads` are lists in
+    both, not tuples in `to_dict()` and lists in the file)."""
     config = make()
     config.save_pretrained(tmp_path)
     assert config.to_dict() == config.from_json_file(str(tmp_path / "adapter_config.json"))
@@ -524,3 +535,32 @@ def test_unknown_model_type_requires_target_modules():
     pm = get_peft_model(Tiny(), LofitConfig(mode="scale", num_heads=2, head_dim=4, target_modules=["0", "1"]))
     assert sorted(lofit_layers(pm)) == [0, 1]
     assert isinstance(pm.base_model, LofitModel)
+
+
+class _OneBlock(torch.nn.Module):
+    """One attention output projection outside any numbered layer container, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn_out = torch.nn.Linear(32, 32)
+        self.head = torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.head(self.attn_out(x))
+
+
+def test_unnumbered_projection_is_adapted_when_no_layer_index_is_needed():
+    """scale mode needs no layer index: the projection is adapted (input scaled per head); bias mode with ``heads``
+    names layers by index and refuses such a module, naming it."""
+    torch.manual_seed(0)
+    model = _OneBlock()
+    x = torch.randn(2, 5, 32)
+    pm = get_peft_model(model, LofitConfig(mode="scale", target_modules=["attn_out"], num_heads=4, head_dim=8,
+                                           init_std=0.1))
+    layer = pm.base_model.model.attn_out
+    scale = layer.get_scale_vector("default")
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), model.head(layer.get_base_layer()(x * scale)))
+    with pytest.raises(ValueError, match=r"LofitConfig.heads names layers by index.*'attn_out' has no layer index"):
+        get_peft_model(_OneBlock(), LofitConfig(mode="bias", heads=[(0, 1)], target_modules=["attn_out"],
+                                                num_heads=4, head_dim=8))

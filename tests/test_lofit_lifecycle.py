@@ -7,9 +7,17 @@ import shutil
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import load_file, save_file
-from tiny_models import model_output, text_inputs, tiny_gpt2, tiny_llama
+from tiny_models import model_output, randomise_lofit, text_inputs, tiny_gpt2, tiny_llama
+from torch import nn
 from transformers import Trainer, TrainingArguments
 
 import peft_gift  # noqa: F401  (registers LOFIT)
@@ -23,20 +31,11 @@ def lofit_layers(model):
     return [m for m in model.modules() if isinstance(m, LofitLayer)]
 
 
-def randomize(pm, std=0.3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lofit_layers(pm):
-            for container in (layer.lofit_head_scale, layer.lofit_head_offset):
-                for p in container.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def test_save_load_in_fresh_process(tmp_path, fresh_process):
     inputs = text_inputs()
     pm = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(1, 2), (0, 1)], task_type="CAUSAL_LM"))
     pm.add_adapter("other", LofitConfig(mode="scale", l1_lambda=0.01, task_type="CAUSAL_LM"))
-    randomize(pm)
+    randomise_lofit(pm)
     expected = {"default": model_output(pm, inputs)}
     pm.set_adapter("other")
     expected["other"] = model_output(pm, inputs)
@@ -97,7 +96,7 @@ def test_adapters_activate_disable_delete_unload():
     base_keys = sorted(base.state_dict())
     pm = get_peft_model(base, LofitConfig(mode="scale"), adapter_name="a")
     pm.add_adapter("b", LofitConfig(mode="bias", heads=[(1, 0)]))
-    randomize(pm)
+    randomise_lofit(pm)
     assert pm.active_adapters == ["a"]
     layer0, layer1 = lofit_layers(pm)
     # only the active adapter is trainable; b targets only layer 1
@@ -130,7 +129,7 @@ def test_adapters_activate_disable_delete_unload():
     torch.testing.assert_close(model_output(pm.base_model.model, inputs), base_out, rtol=0, atol=0)
 
     pm = get_peft_model(tiny_gpt2(), LofitConfig(mode="scale", l1_lambda=0.1))
-    randomize(pm)
+    randomise_lofit(pm)
     unloaded = pm.unload()
     assert sorted(unloaded.state_dict()) == base_keys and not unloaded._forward_hooks
     torch.testing.assert_close(model_output(unloaded, inputs), base_out, rtol=0, atol=0)
@@ -165,6 +164,18 @@ def test_load_onto_a_base_that_still_carries_lora_layers(tmp_path):
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "o_proj"]))
     loaded = PeftModel.from_pretrained(base, tmp_path)
     torch.testing.assert_close(model_output(loaded, text_inputs()), model_output(saved, text_inputs()), rtol=0, atol=1e-6)
+
+
+def test_checked_load_into_layers_injected_without_a_peft_model():
+    """`inject_adapter_in_model` + `set_peft_model_state_dict` on a plain module (what transformers' adapter API does):
+    the checked load works without a PeftModel around the layers."""
+    model = inject_adapter_in_model(
+        LofitConfig(mode="scale", target_modules=["0"], num_heads=4, head_dim=8, init_std=0.1), nn.Sequential(nn.Linear(32, 32))
+    )
+    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    set_peft_model_state_dict(model, {k: v * 2 for k, v in state.items()})
+    for key, value in get_peft_model_state_dict(model).items():
+        torch.testing.assert_close(value, state[key] * 2)
 
 
 def test_set_requires_grad_and_inference_mode():
@@ -209,7 +220,7 @@ def test_bf16_base_fp32_adapters():
         for container in (layer.lofit_head_scale, layer.lofit_head_offset):
             assert all(p.dtype == torch.float32 for p in container.parameters())
         assert layer.get_base_layer().weight.dtype == torch.bfloat16
-    randomize(pm)
+    randomise_lofit(pm)
     pm.base_model.set_adapter(["default", "b"])
     out = pm(**inputs, labels=inputs["input_ids"])
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
@@ -233,7 +244,7 @@ def test_gradient_checkpointing_same_grads(use_reentrant):
         if checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
         pm = get_peft_model(base, LofitConfig(mode="scale", l1_lambda=0.01, task_type="CAUSAL_LM"))
-        randomize(pm)
+        randomise_lofit(pm)
         pm.train()
         pm(**inputs, labels=inputs["input_ids"]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in pm.named_parameters() if p.grad is not None})
@@ -244,7 +255,7 @@ def test_gradient_checkpointing_same_grads(use_reentrant):
 
 def test_generate_with_offsets():
     pm = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 0)], task_type="CAUSAL_LM"))
-    randomize(pm)
+    randomise_lofit(pm)
     ids = text_inputs(1, 5)["input_ids"]
     out = pm.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 8)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftMixedModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from tiny_models import model_output, text_inputs, tiny_llama
+from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
 
 import peft_gift  # noqa: F401
 from peft_gift import GiftConfig, LofitConfig
@@ -16,14 +16,6 @@ from peft_gift import GiftConfig, LofitConfig
 ATOL = 1e-5
 GIFT = dict(r=4, target_modules=["q_proj", "v_proj"])
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], init_lora_weights=False)
-
-
-def _randomise_theta(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".gift_phi." in name or ".gift_psi." in name:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
 
 
 def _theta(model, adapter, group):
@@ -49,7 +41,7 @@ def _gift_lora_model(order):
     model = get_peft_model(base, configs[first], adapter_name=first, mixed=True)
     model.add_adapter(second, configs[second])
     model.set_adapter(["gift", "lora"])
-    _randomise_theta(model)
+    randomise_theta(model)
     return model, reference, configs
 
 
@@ -228,7 +220,7 @@ def test_lofit_with_lora_equals_both_formulas(mode):
 def test_peft_mixed_model_from_pretrained_loads_saved_gift_and_lora(tmp_path):
     """Adapters trained separately and saved with `PeftModel.save_pretrained` combine in `PeftMixedModel`."""
     gift = get_peft_model(tiny_llama(), GiftConfig(**GIFT))
-    _randomise_theta(gift)
+    randomise_theta(gift)
     gift.save_pretrained(tmp_path / "gift")
     lora = get_peft_model(tiny_llama(), LoraConfig(**LORA))
     lora.save_pretrained(tmp_path / "lora")

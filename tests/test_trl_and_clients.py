@@ -1,5 +1,5 @@
 """GIFT and LoFiT (stage 1 ``mode="scale"`` with L1, stage 2 ``mode="bias"`` on heads) through the clients people
-train and serve with, each checked against a number (issue 12, "Done when"):
+train and serve with, each checked against a number:
 
 - TRL ``SFTTrainer`` with ``peft_config=``: the training loss goes down; the L1 penalty shrinks the stage-1 scales
   (λ > 0 against λ = 0 from the same init); a chat template that adds tokens (``chat_template_path=``) makes TRL set

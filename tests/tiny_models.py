@@ -123,6 +123,32 @@ def randomise_theta(peft_model, std=0.1, seed=1):
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def random_gift_model(base=None, *, std=0.1, seed=1, **config):
+    """A PeftModel with one GIFT adapter ("default"; r=4 and the default targets unless ``config`` says otherwise) whose
+    Θ is random (``randomise_theta(std, seed)``), on ``base`` (a fresh tiny Llama by default)."""
+    from peft import get_peft_model
+
+    from peft_gift import GiftConfig
+
+    config.setdefault("r", 4)
+    model = get_peft_model(tiny_llama() if base is None else base, GiftConfig(**config))
+    randomise_theta(model, std=std, seed=seed)
+    return model
+
+
+def randomise_lofit(peft_model, std=0.3, seed=1):
+    """Give every LoFiT head scale and offset (all adapters) random N(0, std²) values, layer by layer."""
+    from peft_gift.lofit import LofitLayer
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in peft_model.modules():
+            if isinstance(layer, LofitLayer):
+                for container in (layer.lofit_head_scale, layer.lofit_head_offset):
+                    for p in container.parameters():
+                        p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
 def word_tokenizer(words, kind: str = "llama"):
     """A word-level fast tokenizer over ``words`` (plus [PAD] [UNK] [CLS] [SEP] </s>); ``kind="bert"`` adds CLS/SEP,
     otherwise it has an EOS token and no special tokens around the text."""
