@@ -26,7 +26,7 @@ from ._registry import GIFT, LOFIT
 
 LOADING_HEADING = "## How to load this adapter"
 _TAGS = {GIFT: "gift", LOFIT: "lofit"}
-_NAMES = {GIFT: "GIFT (Generative Interpretable Fine-Tuning)", LOFIT: "LoFiT (localized fine-tuning of attention heads)"}
+METHOD_NAMES = {"gift": "GIFT (Generative Interpretable Fine-Tuning)", "lofit": "LoFiT (localized fine-tuning of attention heads)"}
 
 
 BASE_PLACEHOLDER = "<base model Hub id>"
@@ -96,7 +96,7 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
     if import_line is None:  # a custom model class: name the generic Auto class
         base_cls, import_line = "AutoModel", "from transformers import AutoModel"
     adapter = repo_id or "<this repository id or local folder>"
-    method = " and ".join(_NAMES[t] for t in types)
+    method = " and ".join(METHOD_NAMES[_TAGS[t]] for t in types)
     return "\n".join([
         LOADING_HEADING,
         "",

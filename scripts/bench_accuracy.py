@@ -1,14 +1,6 @@
 #!/usr/bin/env python
-"""Accuracy per trainable parameter, controlled (protocol and logic: peft_gift/bench/accuracy.py).
-
-    python scripts/bench_accuracy.py --parts glue --tasks sst2           # the study in docs/results.md (resumable)
-    python scripts/bench_accuracy.py --parts glue --methods ia3,full     # add methods to the same study
-    python scripts/bench_accuracy.py --parts lm                          # Commonsense-8 with SmolLM2-135M
-    python scripts/bench_accuracy.py --parts vision                      # DINOv2-S/14 on CIFAR-10
-    python scripts/bench_accuracy.py --report-only                       # rebuild accuracy.json/.md/.png
-    python scripts/bench_accuracy.py --reproduce --parts glue,lm,vision  # re-run one stored run per row, compare
-    python scripts/bench_accuracy.py --quick --out /tmp/b                # tiny random models, synthetic data
-    python scripts/bench_accuracy.py --protocol released --tasks boolq   # LoFiT at its released settings (issue 23)
+"""Accuracy per trainable parameter, controlled: ``python scripts/bench_accuracy.py --help``; the protocol, the
+logic and usage examples are in peft_gift/bench/accuracy.py, the commands that produced the study in docs/results.md.
 """
 
 import logging

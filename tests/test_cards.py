@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-from tiny_models import tiny_bert, tiny_llama, word_tokenizer
+from tiny_models import save_checkpoint, tiny_bert, tiny_llama, word_tokenizer
 
 from peft_gift import recipes
 from peft_gift.recipes import assets, cli
@@ -30,11 +30,9 @@ HUB_ID = "tiny-org/tiny-bert"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cards")
-    tiny_bert(vocab_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-              attention_probs_dropout_prob=0.0).save_pretrained(d / "bert")
-    word_tokenizer(WORDS, "bert").save_pretrained(d / "bert")
-    tiny_llama(vocab_size=64).save_pretrained(d / "llama")
-    word_tokenizer(WORDS, "llama").save_pretrained(d / "llama")
+    save_checkpoint(tiny_bert(vocab_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0), d / "bert", WORDS, "bert")
+    save_checkpoint(tiny_llama(vocab_size=64), d / "llama", WORDS)
     rng = np.random.default_rng(0)
 
     def split(n):

@@ -23,7 +23,7 @@ import torch
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from safetensors.torch import load_file
-from tiny_models import tiny_bert, word_tokenizer
+from tiny_models import save_checkpoint, tiny_bert
 
 from peft_gift import recipes
 from peft_gift.recipes import cli, pipeline
@@ -38,9 +38,8 @@ TRAINING = {"num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     d = tmp_path_factory.mktemp("scale")
-    tiny_bert(vocab_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-              attention_probs_dropout_prob=0.0).save_pretrained(d / "bert")
-    word_tokenizer(WORDS, "bert").save_pretrained(d / "bert")
+    save_checkpoint(tiny_bert(vocab_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0), d / "bert", WORDS, "bert")
     rng = np.random.default_rng(0)
 
     def split(n):

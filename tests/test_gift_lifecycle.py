@@ -362,13 +362,23 @@ def test_load_under_other_names_and_substring_names(tmp_path):
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["README.md", "other_default"]
 
 
-@pytest.mark.parametrize("method", ["gift", "lora"])
+# per method: the config, and what a file of wrongly shaped tensors raises (PEFT's LoRA: torch's size mismatch)
+_REFUSED_LOAD = {
+    "gift": (lambda: GiftConfig(r=4), ValueError, r"Cannot load GIFT adapter 'new'.*shape"),
+    "lofit": (lambda: LofitConfig(mode="bias", heads=[(0, 1), (1, 2)]), ValueError,
+              r"Cannot load LoFiT adapter 'new'.*has shape \(3, 3\)"),
+    "lora": (lambda: LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), (ValueError, RuntimeError),
+             "shape|size mismatch"),
+}
+
+
+@pytest.mark.parametrize("method", list(_REFUSED_LOAD))
 def test_refused_load_keeps_an_adapter_left_by_an_earlier_failed_load(tmp_path, method):
     """`load_adapter` from a folder without weights fails after creating the adapter (PEFT leaves it in place). A
     later load under that name that fails must keep it: it existed before that call. (The rollback must tell the call that
     created the adapter from a later one without comparing stack-frame ids, which CPython reuses.)"""
-    config = GiftConfig(r=4) if method == "gift" else LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
-    model = get_peft_model(tiny_llama(), config)
+    config, error, message = _REFUSED_LOAD[method]
+    model = get_peft_model(tiny_llama(), config())
     model.save_pretrained(tmp_path / "good")
     for folder in ("no_weights", "bad"):
         (tmp_path / folder).mkdir()
@@ -380,21 +390,23 @@ def test_refused_load_keeps_an_adapter_left_by_an_earlier_failed_load(tmp_path, 
     assert "new" in model.peft_config
     model.set_adapter("new")
     keys, before = set(model.state_dict()), model_output(model, text_inputs())
-    with pytest.raises((ValueError, RuntimeError), match="shape|size mismatch"):
+    with pytest.raises(error, match=message):
         model.load_adapter(str(tmp_path / "bad"), adapter_name="new")
     assert set(model.peft_config) == {"default", "new"} and set(model.state_dict()) == keys
     torch.testing.assert_close(model_output(model, text_inputs()), before, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["gift", "lora"])
+@pytest.mark.parametrize("method", ["gift", "lofit", "lora"])
 def test_load_onto_a_base_that_still_carries_lora_layers(tmp_path, method):
-    """A base to which an earlier `get_peft_model(base, LoraConfig(...))` added LoRA layers (adapter 'default', B = 0)
-    loads a saved adapter, and a refused file names only the tensors of the method being loaded (a GIFT file is
-    not missing LoRA's ``lora_A.default.weight``)."""
-    lora = LoraConfig(r=4, target_modules=["v_proj"], init_lora_weights=False)
-    config = GiftConfig(r=4) if method == "gift" else lora
+    """A base to which an earlier `get_peft_model(base, LoraConfig(...))` added LoRA layers (adapter 'default', B = 0;
+    o_proj included) loads a saved adapter, and a refused file names only the tensors of the method being loaded (a
+    GIFT file is not missing LoRA's ``lora_A.default.weight``)."""
+    config = {"gift": lambda: GiftConfig(r=4),
+              "lofit": lambda: LofitConfig(mode="bias", heads=[(0, 1), (1, 2)], init_std=0.3),
+              "lora": lambda: LoraConfig(r=4, target_modules=["v_proj"], init_lora_weights=False)}[method]()
     saved = get_peft_model(tiny_llama(), config)
-    randomise_theta(saved)
+    if method == "gift":
+        randomise_theta(saved)
     saved.save_pretrained(tmp_path / "adapter")
     expected = model_output(saved, text_inputs())
     base = tiny_llama()

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 from peft import (
-    LoraConfig,
-    PeftModel,
     get_peft_model,
     get_peft_model_state_dict,
     inject_adapter_in_model,
     set_peft_model_state_dict,
 )
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tiny_models import model_output, randomise_lofit, text_inputs, tiny_gpt2, tiny_llama
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -133,37 +130,6 @@ def test_adapters_activate_disable_delete_unload():
     unloaded = pm.unload()
     assert sorted(unloaded.state_dict()) == base_keys and not unloaded._forward_hooks
     torch.testing.assert_close(model_output(unloaded, inputs), base_out, rtol=0, atol=0)
-
-
-def test_refused_load_keeps_an_adapter_left_by_an_earlier_failed_load(tmp_path):
-    """As for GIFT (LoRA twin in test_gift_lifecycle.py): a load that fails keeps an adapter that an earlier failed
-    load created."""
-    model = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 1), (1, 2)]))
-    model.save_pretrained(tmp_path / "good")
-    for folder in ("no_weights", "bad"):
-        (tmp_path / folder).mkdir()
-        shutil.copy(tmp_path / "good" / "adapter_config.json", tmp_path / folder)
-    tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
-    save_file({k: torch.zeros(3, 3) for k in tensors}, tmp_path / "bad" / "adapter_model.safetensors")
-    with pytest.raises(ValueError):
-        model.load_adapter(str(tmp_path / "no_weights"), adapter_name="new")
-    model.set_adapter("new")
-    keys, before = set(model.state_dict()), model_output(model, text_inputs())
-    with pytest.raises(ValueError, match=r"Cannot load LoFiT adapter 'new'.*has shape \(3, 3\)"):
-        model.load_adapter(str(tmp_path / "bad"), adapter_name="new")
-    assert set(model.peft_config) == {"default", "new"} and set(model.state_dict()) == keys
-    torch.testing.assert_close(model_output(model, text_inputs()), before, rtol=0, atol=0)
-
-
-def test_load_onto_a_base_that_still_carries_lora_layers(tmp_path):
-    """As for GIFT (LoRA twin in test_gift_lifecycle.py): LoRA layers of an earlier `get_peft_model` on the same
-    base, o_proj included, are not part of a LoFiT file."""
-    saved = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=[(0, 1), (1, 2)], init_std=0.3))
-    saved.save_pretrained(tmp_path)
-    base = tiny_llama()
-    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "o_proj"]))
-    loaded = PeftModel.from_pretrained(base, tmp_path)
-    torch.testing.assert_close(model_output(loaded, text_inputs()), model_output(saved, text_inputs()), rtol=0, atol=1e-6)
 
 
 def test_checked_load_into_layers_injected_without_a_peft_model():

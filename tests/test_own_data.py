@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from datasets import Dataset, DatasetDict
-from tiny_models import tiny_bert, tiny_llama, word_tokenizer
+from tiny_models import save_checkpoint, tiny_bert, tiny_llama
 
 from peft_gift import recipes
 from peft_gift.recipes import cli
@@ -26,10 +26,8 @@ FAST = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "logging_steps"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("own_data")
-    tiny_bert(vocab_size=64, max_position_embeddings=64).save_pretrained(d / "bert")
-    word_tokenizer(WORDS, "bert").save_pretrained(d / "bert")
-    tiny_llama(vocab_size=64).save_pretrained(d / "llama")
-    word_tokenizer(WORDS, "llama").save_pretrained(d / "llama")
+    save_checkpoint(tiny_bert(vocab_size=64, max_position_embeddings=64), d / "bert", WORDS, "bert")
+    save_checkpoint(tiny_llama(vocab_size=64), d / "llama", WORDS)
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(40):

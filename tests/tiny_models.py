@@ -149,6 +149,12 @@ def randomise_lofit(peft_model, std=0.3, seed=1):
                         p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def save_checkpoint(model, folder, words, kind: str = "llama"):
+    """Save ``model`` with a `word_tokenizer` over ``words`` into ``folder`` (a local checkpoint for the CLI)."""
+    model.save_pretrained(folder)
+    word_tokenizer(words, kind).save_pretrained(folder)
+
+
 def word_tokenizer(words, kind: str = "llama"):
     """A word-level fast tokenizer over ``words`` (plus [PAD] [UNK] [CLS] [SEP] </s>); ``kind="bert"`` adds CLS/SEP,
     otherwise it has an EOS token and no special tokens around the text."""

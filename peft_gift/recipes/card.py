@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..hub import BASE_PLACEHOLDER, drop_local_base_model, install_instructions, is_local_path
+from ..hub import BASE_PLACEHOLDER, METHOD_NAMES, drop_local_base_model, install_instructions, is_local_path
 from . import assets
 
 HUB_TASKS = {"seq_cls": "text-classification", "image_cls": "image-classification", "causal_lm_mc": "multiple-choice"}
@@ -22,8 +22,6 @@ TASK_WORDS = {
     "image_cls": "image classification (a new classification head)",
     "causal_lm_mc": "multiple choice (trained on the right answer; evaluated by the most likely choice)",
 }
-METHOD_WORDS = {"gift": "GIFT (Generative Interpretable Fine-Tuning)",
-                "lofit": "LoFiT (localized fine-tuning of attention heads)"}
 COMMAND = "python scripts/train.py job.yaml"
 
 
@@ -143,7 +141,7 @@ def write_card(folder, facts: dict, machine: str = "") -> None:
     settings = ", ".join(f"{k}={v}" for k, v in method.items() if k != "name") or "defaults"
     lines = [
         f"# {_title(facts)}", "",
-        f"{METHOD_WORDS.get(method['name'], method['name'])} fine-tune of {base_md} for "
+        f"{METHOD_NAMES.get(method['name'], method['name'])} fine-tune of {base_md} for "
         f"{TASK_WORDS[facts['task']]} on {names}, written by the peft-gift training CLI.",
     ]
     if facts["base_model_copy"]:
@@ -182,7 +180,7 @@ def write_export_card(folder, facts: dict, base_class: str, lora_config) -> None
     lines = [
         f"# {data.model_name}", "",
         f"A plain PEFT LoRA adapter (`peft_type: LORA`) that computes exactly what the trained "
-        f"{METHOD_WORDS.get(facts['method']['name'], facts['method']['name'])} adapter computes "
+        f"{METHOD_NAMES.get(facts['method']['name'], facts['method']['name'])} adapter computes "
         "(`peft_gift.export_lora`). "
         + ("GIFT is a per-layer LoRA: Ŵx = Wx + s·(Wφ)(ψx), so each layer's lora_B = Wφ, lora_A = ψ and "
            "lora_alpha / r = s." if not bias else
