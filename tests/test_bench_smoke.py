@@ -234,3 +234,13 @@ def test_gift_and_lofit_are_paired_against_every_lora_rank(bench_accuracy):
     pairs = {(d["a"], d["b"]): d["mean"] for d in accuracy_report.aggregate(runs)["paired"]}
     assert set(pairs) == {("gift_r16", "lora"), ("gift_r16", "lora_r32"), ("lofit", "lora"), ("lofit", "lora_r32")}
     assert pairs[("gift_r16", "lora_r32")] == pytest.approx(0.5 + 0.01 - (0.45 + 0.03), abs=1e-9)
+
+
+def test_eval_speed_quick(tmp_path):
+    from peft_gift.bench import eval_speed
+
+    assert eval_speed.main(["--quick", "--out", str(tmp_path / "eval_speed")]) == 0
+    res = json.loads((tmp_path / "eval_speed.json").read_text())
+    assert res["max_abs_loglik_difference"] < 1e-4 and res["questions"] == 8
+    assert res["train_batch_width"]["padded_to_longest"] < res["train_batch_width"]["padded_to_max_length"]
+    assert "| eval s / question |" in (tmp_path / "eval_speed.md").read_text()

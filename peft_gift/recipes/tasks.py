@@ -355,10 +355,13 @@ class MultipleChoice(Task):
         return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100)
 
     def evaluate(self, model, eval_raw, eval_encoded, batch_size, progress=False) -> dict:
+        from .loreft import LoReft
         from .multiple_choice import evaluate_multiple_choice
 
+        # LoReFT edits the last positions of a sequence, so a prompt's states depend on the choice after it
+        shared_prompt = not isinstance(getattr(model, "loreft", None), LoReft)
         return evaluate_multiple_choice(model, self.tokenizer, eval_raw, self.columns, self.max_length,
-                                        batch_size=batch_size, progress=progress)
+                                        batch_size=batch_size, shared_prompt=shared_prompt, progress=progress)
 
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SequenceClassification, MultipleChoice, ImageClassification)}
