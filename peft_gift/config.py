@@ -12,7 +12,7 @@ from typing import NoReturn, Optional, Union
 
 from peft.config import PeftConfig
 
-from .targets import normalize_module_names
+from .targets import SAVED_REGEX_TARGETS, normalize_module_names
 
 
 def is_int(value) -> bool:
@@ -42,8 +42,8 @@ class InputEditConfig(PeftConfig):
         target_modules (`list[str] | str`, *optional*): the layers to adapt (list: exact name or suffix match; str:
             regex full match). ``None`` picks the method's default for the model type.
         exclude_modules (`list[str] | str`, *optional*): layers never to adapt (same matching).
-        layers_to_transform (`int | list[int]`, *optional*): only adapt layers with these indices (list or regex
-            targets alike).
+        layers_to_transform (`int | list[int]`, *optional*): only adapt layers with these indices (``target_modules``
+            must then be a list or ``None``: PEFT refuses it with a regex).
         layers_pattern (`str | list[str]`, *optional*): name of the layer container whose index follows it (e.g.
             ``"layers"``, ``"h"``); ``None`` tries ``layers``, ``layer``, ``h``, ``block``, ``blocks``.
         modules_to_save (`list[str]`, *optional*): modules trained in full and saved (e.g. a classifier head).
@@ -82,6 +82,16 @@ class InputEditConfig(PeftConfig):
     )
 
     def __post_init__(self):
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            # PEFT >= 0.22 refuses this pair (a str target ignores layers_to_transform); refused on every PEFT
+            # version, except LoFiT's former default regexes, which earlier releases saved and now load as lists
+            self.target_modules = SAVED_REGEX_TARGETS.get(self.target_modules, self.target_modules)
+            if isinstance(self.target_modules, str):
+                raise ValueError(
+                    "`layers_to_transform` cannot be used when `target_modules` is a str. "
+                    f"({type(self).__name__}.target_modules={self.target_modules!r} is a regex: give the module names "
+                    "as a list, e.g. ['o_proj'], to adapt only the layers in layers_to_transform.)"
+                )
         super().__post_init__()
         self.target_modules = normalize_module_names(self.target_modules)
         self.exclude_modules = normalize_module_names(self.exclude_modules)

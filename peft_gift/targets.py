@@ -26,7 +26,8 @@ TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING: dict[str, Union[list[str], s
 }
 
 # LoFiT: the attention *output* projection, whose input is the concatenation of the per-head outputs. GPT-2 and
-# BERT-style models also have an MLP projection with the same trailing name, so they need a regex.
+# BERT-style models also have an MLP projection with the same last name, so their targets name the parent too (a
+# suffix match, like PEFT's list targets).
 TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING: dict[str, Union[list[str], str]] = {
     **{
         model_type: ["o_proj"]
@@ -36,14 +37,19 @@ TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING: dict[str, Union[list[str], 
             "vit", "dinov2",
         )
     },
-    "gpt2": r".*\.attn\.c_proj$",
-    "bert": r".*\.attention\.output\.dense$",
-    "roberta": r".*\.attention\.output\.dense$",
-    "xlm-roberta": r".*\.attention\.output\.dense$",
-    "camembert": r".*\.attention\.output\.dense$",
-    "electra": r".*\.attention\.output\.dense$",
-    "gpt_neox": r".*\.attention\.dense$",
-    "opt": r".*\.self_attn\.out_proj$",
+    "gpt2": ["attn.c_proj"],
+    **{name: ["attention.output.dense"] for name in ("bert", "roberta", "xlm-roberta", "camembert", "electra")},
+    "gpt_neox": ["attention.dense"],
+    "opt": ["self_attn.out_proj"],
+}
+
+# The regexes that were LoFiT's defaults for those models before they became suffix lists: adapter configs saved
+# with one of them and `layers_to_transform` (which PEFT >= 0.22 refuses for a str target) load as the list.
+SAVED_REGEX_TARGETS = {
+    r".*\.attn\.c_proj$": ["attn.c_proj"],
+    r".*\.attention\.output\.dense$": ["attention.output.dense"],
+    r".*\.attention\.dense$": ["attention.dense"],
+    r".*\.self_attn\.out_proj$": ["self_attn.out_proj"],
 }
 
 DEFAULT_LAYER_PATTERNS = ("layers", "layer", "h", "block", "blocks")

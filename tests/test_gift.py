@@ -2,11 +2,13 @@
 and targeting (layers_to_transform in both tuners)."""
 
 import copy
+import json
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from tiny_models import (
     image_inputs,
@@ -26,6 +28,7 @@ from transformers import RobertaConfig, RobertaForSequenceClassification, ViTCon
 
 from peft_gift import GiftConfig, LofitConfig
 from peft_gift.gift import GiftLayer, group_key
+from peft_gift.targets import base_module_name
 
 ARCHS = {
     "llama": (tiny_llama, text_inputs),
@@ -266,14 +269,31 @@ def test_layers_to_transform_restricts_targets():
     assert len(model.base_model.gift_phi["default"]) == 2
 
 
-@pytest.mark.parametrize("method", ["gift", "lofit"])
-def test_layers_to_transform_applies_to_regex_targets_in_both_tuners(method):
-    config = {"gift": lambda: GiftConfig(r=2, target_modules=r".*\.q_proj", layers_to_transform=[1]),
-              "lofit": lambda: LofitConfig(mode="scale", target_modules=r".*\.o_proj", layers_to_transform=[1])}[method]
-    pm = get_peft_model(tiny_llama(), config())
-    adapted = sorted(n for n, m in pm.named_modules() if isinstance(m, BaseTunerLayer))
-    suffix = "q_proj" if method == "gift" else "o_proj"
-    assert adapted == [f"base_model.model.model.layers.1.self_attn.{suffix}"]
+@pytest.mark.parametrize("config_cls", [GiftConfig, LofitConfig])
+def test_layers_to_transform_with_a_regex_target_is_refused_with_pefts_reason(config_cls):
+    """PEFT >= 0.22 refuses the pair (a str target ignores layers_to_transform); so do both tuners on every PEFT."""
+    reason = re.escape("`layers_to_transform` cannot be used when `target_modules` is a str. "
+                       f"({config_cls.__name__}.target_modules=")
+    with pytest.raises(ValueError, match="^" + reason):
+        config_cls(target_modules=r".*\.q_proj", layers_to_transform=[1])
+
+
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_bert], ids=["gpt2", "bert"])
+def test_lofit_default_targets_with_layers_to_transform_save_and_load(factory, tmp_path):
+    """LoFiT's defaults for GPT-2/BERT-style models name the attention output projection as a suffix list, so
+    ``layers_to_transform`` works; a config saved by earlier releases with the former default regex loads as it."""
+    pm = get_peft_model(factory(), LofitConfig(mode="scale", layers_to_transform=[1], init_std=0.1))
+    adapted = sorted(base_module_name(n) for n, m in pm.named_modules() if isinstance(m, BaseTunerLayer))
+    assert len(adapted) == 1 and ".1." in adapted[0] and ("attn.c_proj" in adapted[0] or "attention.output" in adapted[0])
+    pm.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert isinstance(saved["target_modules"], list)
+    old = {"attn.c_proj": r".*\.attn\.c_proj$", "attention.output.dense": r".*\.attention\.output\.dense$"}
+    saved["target_modules"] = old[saved["target_modules"][0]]
+    (tmp_path / "adapter_config.json").write_text(json.dumps(saved))
+    loaded = PeftModel.from_pretrained(factory(), tmp_path)
+    inputs = text_inputs()
+    assert torch.allclose(model_output(loaded, inputs), model_output(pm, inputs), atol=1e-6)
 
 
 def test_dropout_only_in_training():

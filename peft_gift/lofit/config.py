@@ -75,8 +75,8 @@ class LofitConfig(InputEditConfig):
         init_std (`float`): standard deviation of the normal initialisation of A and v; ``0`` gives the identity
             (the adapted model equals the base model).
         target_modules (`list[str] | str`, *optional*): the attention output projections to adapt (list: exact name or
-            suffix match; str: regex full match). Default per model type: ``o_proj`` (Llama family, ViT, DINOv2),
-            ``.*\.attn\.c_proj$`` (GPT-2), ``.*\.attention\.output\.dense$`` (BERT/RoBERTa). Targeting any other
+            suffix match; str: regex full match). Default per model type: ``["o_proj"]`` (Llama family, ViT, DINOv2),
+            ``["attn.c_proj"]`` (GPT-2), ``["attention.output.dense"]`` (BERT/RoBERTa). Targeting any other
             layer is wrong: its input must be the concatenated head outputs.
         num_heads (`int`, *optional*): number of attention (query) heads. ``None`` reads ``num_attention_heads`` /
             ``n_head`` from the model config.
