@@ -15,10 +15,12 @@ from tiny_models import (
     gift_two_adapter_model,
     model_output,
     randomise_theta,
+    save_checkpoint,
     text_inputs,
     tiny_bert,
     tiny_gpt2,
     tiny_llama,
+    word_tokenizer,
 )
 from torch import nn
 
@@ -224,29 +226,66 @@ def test_an_injection_failing_midway_is_rolled_back_in_both_tuners(monkeypatch, 
     assert all("new" not in m._all_available_adapter_names() for m in model.modules() if isinstance(m, BaseTunerLayer))
 
 
-@pytest.mark.parametrize("method", ["gift", "lofit", "lora"])
-def test_transformers_adapter_api_refuses_gift_naming_why_as_peft_does(tmp_path, method):
-    """transformers 5.24's `model.add_adapter` refuses peft 0.21 for every method (LoRA too: it asks for a newer
-    peft). Its `model.load_adapter` injects with PEFT's `inject_adapter_in_model`, which refuses GIFT by PEFT's own
-    rule for tuners with shared state (naming it), and hosts LoFiT like LoRA."""
-    from peft_gift import LofitConfig
+def _outcome(call):
+    """``"ok"`` or the first line of the ValueError ``call()`` raised."""
+    try:
+        call()
+        return "ok"
+    except ValueError as e:
+        return str(e).splitlines()[0]
 
-    config = {"gift": lambda: GiftConfig(r=4), "lofit": lambda: LofitConfig(mode="scale", init_std=0.1),
-              "lora": lambda: LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)}[method]
-    model = tiny_llama()
-    with pytest.raises(ValueError, match="version of PEFT you are using is not compatible"):
-        model.add_adapter(config())
-    pm = get_peft_model(tiny_llama(), config())
-    pm.save_pretrained(tmp_path)
-    model = tiny_llama()
-    if method == "gift":
-        with pytest.raises(ValueError, match=r"`inject_adapter_in_model` does not support PeftType.GIFT because it "
-                                             r"uses shared state stored on the tuner\. Please use `get_peft_model`"):
-            model.load_adapter(str(tmp_path))
-        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
-    else:
-        model.load_adapter(str(tmp_path))
-        torch.testing.assert_close(model_output(model, text_inputs()), model_output(pm, text_inputs()))
+
+WORDS = [f"w{i}" for i in range(60)]
+ADAPTER_API_CONFIGS = {
+    "lofit": lambda: LofitConfig(mode="scale", init_std=0.3),
+    "lora": lambda: LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+}
+
+
+@pytest.mark.parametrize("method", ["lofit", "lora"])
+def test_transformers_adapter_api_hosts_lofit_as_it_hosts_lora(tmp_path, method):
+    """transformers' own adapter API on this peft/transformers pair: `model.load_adapter(dir)` and
+    `pipeline(model=adapter_dir)` give the PeftModel's outputs; `model.add_adapter(config)` does what it does for
+    LoRA (transformers 5.24 refuses peft 0.21 for every method; 5.25 + peft 0.22 accept)."""
+    from transformers import AutoModelForCausalLM, pipeline
+
+    save_checkpoint(tiny_llama(), tmp_path / "base", WORDS)
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), ADAPTER_API_CONFIGS[method]())
+    pm.save_pretrained(tmp_path / "adapter")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model.load_adapter(str(tmp_path / "adapter"))
+    torch.testing.assert_close(model_output(model, text_inputs()), model_output(pm, text_inputs()))
+    pipe = pipeline("text-generation", model=str(tmp_path / "adapter"))
+    ids = word_tokenizer(WORDS)("w1 w2 w3", return_tensors="pt")["input_ids"]
+    expected = pm.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    got = pipe("w1 w2 w3", max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    assert list(got) == expected[0].tolist()
+    lora = _outcome(lambda: tiny_llama().add_adapter(ADAPTER_API_CONFIGS["lora"]()))
+    assert _outcome(lambda: tiny_llama().add_adapter(ADAPTER_API_CONFIGS[method]())) == lora
+
+
+def test_transformers_adapter_api_refuses_gift_and_leaves_the_model_untouched(tmp_path):
+    """GIFT's Θ is shared by many layers and lives on the tuner, so transformers' adapter API (PEFT's
+    `inject_adapter_in_model`) cannot host it: `load_adapter`, `add_adapter` and `pipeline(model=adapter_dir)` raise
+    (PEFT's shared-state refusal, or transformers 5.24's refusal of peft 0.21) before changing the model; the calls that
+    work are `PeftModel.from_pretrained` / `AutoPeftModelForCausalLM.from_pretrained` (README)."""
+    from transformers import AutoModelForCausalLM, pipeline
+
+    save_checkpoint(tiny_llama(), tmp_path / "base", WORDS)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), GiftConfig(r=4)).save_pretrained(
+        tmp_path / "adapter")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shared_state = r"`inject_adapter_in_model` does not support PeftType\.GIFT because it uses shared state"
+    with pytest.raises(ValueError, match=shared_state):
+        model.load_adapter(str(tmp_path / "adapter"))
+    with pytest.raises(ValueError, match=shared_state + "|version of PEFT you are using is not compatible"):
+        model.add_adapter(GiftConfig(r=4))
+    with pytest.raises(ValueError, match="Could not load model"):
+        pipeline("text-generation", model=str(tmp_path / "adapter"))
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
 
 
 class _TwoLinears(nn.Module):
