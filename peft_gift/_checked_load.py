@@ -18,7 +18,8 @@ from contextvars import ContextVar
 from typing import Optional
 
 import torch
-from peft.tuners.tuners_utils import _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
+
+from ._peft_private import _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
 
 # (tuner, adapter name) of every adapter our tuners injected during the PEFT loading call now running (None outside)
 _CREATED_BY_LOAD: ContextVar[Optional[list]] = ContextVar("peft_gift_created_by_load", default=None)

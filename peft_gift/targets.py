@@ -6,9 +6,11 @@ import copy
 import re
 from typing import Iterator, Optional, Union
 
-from peft.tuners.tuners_utils import BaseTunerLayer, _ExcludedModule, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
+
+from ._peft_private import _ExcludedModule
 
 _QV = ["q_proj", "v_proj"]
 # GIFT: the paper's settings: q and v of every attention block for language models; the attention output projection

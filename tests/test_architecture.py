@@ -8,8 +8,6 @@ import ast
 import json
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "peft_gift"
 RECIPES = "peft_gift.recipes"
 # the application packages above the library (they may import it and each other; it never imports them)
@@ -158,20 +156,25 @@ def test_import_peft_gift_leaves_peft_mixed_models_of_peft_types_unchanged(fresh
     assert {"PeftType.GIFT", "PeftType.LOFIT"} == set(runs["with"]["types"]) - set(runs["without"]["types"])
 
 
-@pytest.mark.parametrize("name", ["PREFIXES", "COMPATIBLE_TUNER_TYPES"])
-def test_a_peft_without_the_names_mixed_support_uses_fails_loudly_at_import(fresh_process, name):
-    code = f"""
-    import peft, peft.tuners.mixed.model as model
-    del model.{name}
-    try:
-        import peft_gift
-    except ImportError as error:
-        print(error)
-    else:
-        raise SystemExit("import peft_gift did not fail")
-    """
-    out = fresh_process(code)
-    assert f"peft.tuners.mixed.model.{name}" in out
-    import peft
+def _private_peft_names(path: Path) -> set[str]:
+    """``module.name`` of every private name ``path`` imports from PEFT (a ``_name`` or a name from a ``_module``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "peft":
+            private_module = any(part.startswith("_") for part in node.module.split("."))
+            found |= {f"{node.module}.{a.name}" for a in node.names if private_module or a.name.startswith("_")}
+    return found
 
-    assert f"peft {peft.__version__}" in out
+
+def test_private_peft_names_are_imported_in_one_place():
+    """The library reaches PEFT's private helpers only through `peft_gift._peft_private`, which lists each one
+    (`peft_gift.mixed` reads PEFT's mixed-model internals and switches itself off when they differ)."""
+    from peft_gift import _peft_private
+
+    library = [p for p in PACKAGE.rglob("*.py") if not _module_name(p).startswith(APPLICATION)]
+    elsewhere = {_module_name(p): names for p in library
+                 if (names := _private_peft_names(p)) and p.name != "_peft_private.py"}
+    assert elsewhere == {}
+    listed = _private_peft_names(PACKAGE / "_peft_private.py")
+    assert {name.rpartition(".")[2] for name in listed} == set(_peft_private.__all__) - {"CHECKED_PEFT_VERSIONS"}
+    assert all(name.rpartition(".")[2] in _peft_private.__doc__ for name in listed)

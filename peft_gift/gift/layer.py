@@ -7,12 +7,13 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from peft.utils import resolve_quantization_backend
 from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend, TorchaoBackend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .._peft_private import _get_in_out_features
 from ..input_edit import InputEditLayer
 
 # Above this condition number of I + Σ s φψ, the Woodbury unmerge would lose more than ~10 units of the weight

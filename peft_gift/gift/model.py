@@ -7,11 +7,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .._peft_private import _get_in_out_features
 from ..targets import TRANSFORMERS_MODELS_TO_GIFT_TARGET_MODULES_MAPPING, candidate_modules
 from ..tuner import InputEditTuner
 from .config import GiftConfig

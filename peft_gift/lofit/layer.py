@@ -7,12 +7,12 @@ import weakref
 from typing import Any, Optional
 
 import torch
-from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import _get_in_out_features, check_adapters_to_merge
+from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers.pytorch_utils import Conv1D
 
+from .._peft_private import BufferDict, _get_in_out_features
 from ..input_edit import InputEditLayer
 
 # Below this |1 + A| a merged scale cannot be divided out of an offset merged on top of it accurately.

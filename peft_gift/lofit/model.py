@@ -7,11 +7,12 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, _ExcludedModule, _get_in_out_features
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import resolve_quantization_backend
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .._peft_private import _ExcludedModule, _get_in_out_features
 from ..targets import (
     DEFAULT_LAYER_PATTERNS,
     TRANSFORMERS_MODELS_TO_LOFIT_TARGET_MODULES_MAPPING,
