@@ -1,14 +1,23 @@
-"""LoFiT's L1 term λ·Σ|A|: added to A's gradient by the optimizer step, once per step, whatever computes the loss
-(plain loop with several torch.optim optimizers, gradient accumulation, two forwards per backward, gradient
-checkpointing, torch.compile, HF Trainer, TRL SFTTrainer, layers injected without a PeftModel), never in a loss value.
-The reference is the λ = 0 twin whose loss gets λ·Σ|A| added once per step."""
+"""LoFiT's L1 term λ·Σ|A|: added to A's gradient by the optimizer step, once per computed gradient, whatever computes
+the loss and whatever loop steps (plain loop with several torch.optim optimizers, gradient accumulation, two forwards
+per backward, gradient checkpointing, torch.compile, HF Trainer, TRL SFTTrainer/DPOTrainer, LBFGS and other closures,
+fused AdamW under GradScaler, ZeroRedundancyOptimizer, subclasses calling super().step(), copied and unpickled
+models, layers injected without a PeftModel), never in a reported loss value (only in a closure's, as in the
+reference's); where it cannot be right (torch.func, DeepSpeed) a training forward raises. The reference is the λ = 0
+twin whose loss gets λ·Σ|A| (`l1_penalty`) added once per step."""
 
 from __future__ import annotations
+
+import copy
+import gc
+import io
+import sys
+import types
 
 import pytest
 import torch
 from peft import get_peft_model, inject_adapter_in_model
-from tiny_models import text_inputs, tiny_gpt2, tiny_llama
+from tiny_models import text_inputs, tiny_gpt2, tiny_llama, word_tokenizer
 from transformers import Trainer, TrainingArguments
 
 import peft_gift  # noqa: F401
@@ -155,27 +164,38 @@ def test_compiled_forward():
     _assert_same_scales(got, want)
 
 
-def test_torch_func_grad_gives_the_data_gradient():
-    """A functional gradient of a stage-1 model works (no custom autograd Function in the forward) and is that of
-    the task loss; the documented way to include the term there is l1_penalty in the loss."""
+@pytest.mark.parametrize("how", ["torch.func.grad", "functional_call + backward"])
+def test_functional_training_forward_with_lambda_is_refused_and_the_twin_works(how):
+    """A functional gradient never reaches the model's own parameter, so the step hook cannot add the term: with the
+    config's λ a training forward through ``functional_call`` raises (naming λ = 0 + `l1_penalty`) before anything is
+    updated; evaluation is unaffected; the λ = 0 twin with λ·Σ|A| in the loss gives the penalised gradient."""
     pm, ref = _pair()
     batch = text_inputs(2, 8)
-    params = {n: p.detach() for n, p in pm.named_parameters() if p.requires_grad}
 
-    def loss_fn(p, with_penalty):
-        loss = torch.func.functional_call(pm, p, kwargs={**batch, "labels": batch["input_ids"]}).loss
-        if with_penalty:
-            loss = loss + LAM * sum(v.abs().sum() for v in p.values())
-        return loss
+    def loss_fn(model, p, with_penalty=False):
+        loss = torch.func.functional_call(model, p, kwargs={**batch, "labels": batch["input_ids"]}).loss
+        return loss + LAM * sum(v.abs().sum() for v in p.values()) if with_penalty else loss
 
-    grads = torch.func.grad(loss_fn)(params, False)
+    def grads(model, with_penalty=False):
+        params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if how == "torch.func.grad":
+            return torch.func.grad(lambda p: loss_fn(model, p, with_penalty))(params)
+        params = {n: v.requires_grad_() for n, v in params.items()}
+        loss_fn(model, params, with_penalty).backward()
+        return {n: v.grad for n, v in params.items()}
+
+    before = {n: p.detach().clone() for n, p in _scales(pm).items()}
+    with pytest.raises(ValueError, match=r"'default' has l1_lambda > 0.*functional_call.*l1_lambda=0.*l1_penalty"):
+        grads(pm)
+    assert all(torch.equal(p, before[n]) for n, p in _scales(pm).items())
+    with torch.no_grad():
+        loss_fn(pm, {n: p.detach() for n, p in pm.named_parameters() if p.requires_grad})
+    data, penalised = grads(ref), grads(ref, with_penalty=True)
     _task_loss(ref, batch).backward()
-    for name, param in ref.named_parameters():
-        if param.requires_grad:
-            torch.testing.assert_close(grads[name], param.grad, atol=1e-6, rtol=1e-5)
-    with_penalty = torch.func.grad(loss_fn)(params, True)
-    for name, value in params.items():
-        torch.testing.assert_close(with_penalty[name] - grads[name], LAM * value.sign(), atol=1e-6, rtol=1e-5)
+    assert len(data) == 2
+    for name, param in _scales(ref).items():
+        torch.testing.assert_close(data[name], param.grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(penalised[name] - data[name], LAM * param.detach().sign(), atol=1e-6, rtol=1e-5)
 
 
 def _one_step_each(train):
@@ -256,21 +276,23 @@ def test_layers_injected_without_a_peft_model_keep_the_penalty():
         torch.testing.assert_close(with_l1 - without, -0.5 * LAM * a0.sign(), atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("marker", ["ds_id", "param_idx_in_group"])
-def test_deepspeed_zero_owned_scales_refuse_the_config_lambda(marker):
-    """DeepSpeed's ZeRO optimizer updates flat copies of A that the step hook cannot reach, so the config's λ would
-    silently do nothing (tests/test_deepspeed.py runs the real thing): a training forward raises, naming the way that
-    works (λ = 0 and `l1_penalty` in the loss); evaluation, λ = 0 and no-grad forwards are unaffected."""
+def test_deepspeed_refuses_the_config_lambda_at_the_first_training_forward(monkeypatch):
+    """DeepSpeed's optimizers (ZeRO, fp16/bf16) update flat copies of A that the step hook cannot reach, so the config's
+    λ would silently do nothing (tests/test_deepspeed.py runs the real thing). The signal is DeepSpeed's public
+    ``deepspeed.comm.is_initialized()`` (faked here: DeepSpeed is not installed in CI): a training forward raises,
+    naming the way that works (λ = 0 and `l1_penalty` in the loss); evaluation, λ = 0 and no-grad forwards, and a
+    process where DeepSpeed is imported but not initialised, are unaffected."""
     pm, twin = _pair()
     batch = text_inputs()
-    for model in (pm, twin):
-        for scale in _scales(model).values():
-            setattr(scale, marker, 0)  # what DeepSpeed sets on the parameters its optimizer owns
+    state = {"initialised": True}
+    monkeypatch.setitem(sys.modules, "deepspeed.comm", types.SimpleNamespace(is_initialized=lambda: state["initialised"]))
     with pytest.raises(ValueError, match=r"'default' has l1_lambda > 0 under DeepSpeed ZeRO.*l1_penalty"):
         _task_loss(pm, batch)
     with torch.no_grad():
         _task_loss(pm, batch)
     _task_loss(twin, batch).backward()
+    state["initialised"] = False
+    _task_loss(pm, batch).backward()
 
 
 def test_l1_penalty_value_and_gradient():
@@ -282,3 +304,184 @@ def test_l1_penalty_value_and_gradient():
     penalty.backward()
     for scale in scales:
         torch.testing.assert_close(scale.grad, LAM * torch.sign(scale.detach()))
+
+
+# ---------------------------------------------------------------------------------------------------- other loops
+def _reference_closure(m, optimizer, batch, penalty):
+    def closure():
+        optimizer.zero_grad()
+        loss = _task_loss(m, batch) + (_penalty_in_loss(m) if penalty else 0)
+        loss.backward()
+        return loss
+    return closure
+
+
+@pytest.mark.parametrize("optimizer_cls, how", [(torch.optim.LBFGS, "positional"), (torch.optim.SGD, "keyword")])
+def test_step_with_a_closure_equals_the_reference_and_its_loss_includes_the_term(optimizer_cls, how):
+    """``optimizer.step(closure)`` (LBFGS, PyTorch Lightning): the closure computes the gradient inside the step, so
+    the term goes into the closure's gradients, and its returned loss carries λ·Σ|A| as the reference's does."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    results = []
+    for m, penalty in ((pm, False), (ref, True)):
+        optimizer = optimizer_cls([p for p in m.parameters() if p.requires_grad], lr=0.1)
+        closure = _reference_closure(m, optimizer, batch, penalty)
+        losses = [optimizer.step(closure) if how == "positional" else optimizer.step(closure=closure)
+                  for _ in range(2)]
+        results.append((losses, {n: p.detach().clone() for n, p in _scales(m).items()}))
+    (losses, got), (want_losses, want) = results
+    _assert_same_scales(got, want)
+    for loss, want_loss in zip(losses, want_losses):
+        torch.testing.assert_close(loss.detach(), want_loss.detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused, unscale", [(True, False), (True, True), (False, False)],
+                         ids=["fused", "fused-unscale_", "foreach"])
+def test_adamw_under_grad_scaler_equals_the_reference(fused, unscale):
+    """GradScaler hands a fused optimizer the loss scale to divide by inside its kernel (unless ``unscale_`` ran):
+    the term is scaled by it first, so the step equals the reference's (whose scaled loss holds λ·Σ|A|)."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    after = []
+    for m, penalty in ((pm, False), (ref, True)):
+        optimizer = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.01, fused=fused,
+                                      foreach=None if fused else True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = _task_loss(m, batch) + (_penalty_in_loss(m) if penalty else 0)
+            scaler.scale(loss).backward()
+            if unscale:
+                scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+        after.append({n: p.detach().clone() for n, p in _scales(m).items()})
+    _assert_same_scales(*after)
+
+
+class _SuperStepSGD(torch.optim.SGD):
+    """An optimizer subclass whose ``step`` calls ``super().step()``: both steps run the global step pre-hooks."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_nested_steps_apply_the_term_once():
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # SGD.step itself is wrapped with the hooks from now on
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    got = _after_one_step(pm, lambda m: _task_loss(m, batch).backward(), _SuperStepSGD, steps=2)
+    want = _after_one_step(ref, lambda m: (_task_loss(m, batch) + _penalty_in_loss(m)).backward(), steps=2)
+    _assert_same_scales(got, want)
+
+
+def test_zero_redundancy_optimizer_applies_the_term_once(tmp_path):
+    """ZeroRedundancyOptimizer steps a local torch.optim optimizer inside its own step (one gloo process here)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        got = _after_one_step(pm, lambda m: _task_loss(m, batch).backward(), steps=2,
+                              optimizer_cls=lambda params, lr: ZeroRedundancyOptimizer(
+                                  params, optimizer_class=torch.optim.SGD, lr=lr))
+    finally:
+        torch.distributed.destroy_process_group()
+    want = _after_one_step(ref, lambda m: (_task_loss(m, batch) + _penalty_in_loss(m)).backward(), steps=2)
+    _assert_same_scales(got, want)
+
+
+def test_two_steps_on_one_gradient_use_the_term_once():
+    """Stepping again on the same gradient (a retried step, an exception between steps): the reference's gradient
+    holds λ·sign(A) once, so does ours."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    after = []
+    for m, penalty in ((pm, False), (ref, True)):
+        optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+        (_task_loss(m, batch) + (_penalty_in_loss(m) if penalty else 0)).backward()
+        optimizer.step()
+        optimizer.step()
+        after.append({n: p.detach().clone() for n, p in _scales(m).items()})
+    _assert_same_scales(*after)
+
+
+def _save_load(model):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("copy_fn", [copy.deepcopy, _save_load], ids=["deepcopy", "torch.save+load"])
+def test_a_copied_or_unpickled_model_keeps_the_term(copy_fn):
+    """``copy.deepcopy``, ``torch.save``/``torch.load`` of the whole model and so ``mp.spawn`` (which pickles it) give
+    a model that trains as the original would, the original deleted first."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    copied = copy_fn(pm)
+    del pm
+    gc.collect()
+    got = _after_one_step(copied, lambda m: _task_loss(m, batch).backward(), steps=2)
+    want = _after_one_step(ref, lambda m: (_task_loss(m, batch) + _penalty_in_loss(m)).backward(), steps=2)
+    _assert_same_scales(got, want)
+
+
+def test_an_inactive_adapter_with_zeroed_gradients_is_not_shrunk():
+    """``zero_grad(set_to_none=False)`` leaves a zero gradient on an adapter that is no longer active: it stays as it
+    is, and the active one trains as the reference (the term on the active adapters only)."""
+    pm, ref = _pair()
+    batch = text_inputs(2, 8)
+    after = []
+    for m, penalty in ((pm, False), (ref, True)):
+        torch.manual_seed(2)
+        m.add_adapter("other", LofitConfig(mode="scale", l1_lambda=LAM if m is pm else 0.0, init_std=0.2))
+        params = [p for n, p in m.named_parameters() if "lofit_head_scale" in n]
+        optimizer = torch.optim.SGD(params, lr=0.1)
+        for active in ("default", "other", "other"):
+            m.base_model.set_adapter(active)
+            optimizer.zero_grad(set_to_none=False)
+            (_task_loss(m, batch) + (_penalty_in_loss(m) if penalty else 0)).backward()
+            if active == "other":
+                frozen = {n: p.detach().clone() for n, p in m.named_parameters() if ".default." in n}
+            optimizer.step()
+        assert all(torch.equal(p.detach(), frozen[n]) for n, p in m.named_parameters() if ".default." in n)
+        after.append({n: p.detach().clone() for n, p in m.named_parameters() if "lofit_head_scale" in n})
+    got, want = after
+    assert len(got) == 4
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5)
+
+
+def test_trl_dpo_trainer_applies_the_penalty_to_the_policy_only(tmp_path):
+    """DPO with an already-wrapped model: TRL copies "default" (λ > 0) into the frozen "ref" adapter and switches to it
+    for the reference log-probs; one SGD step moves "default" by the data term plus -lr·λ·sign(A), "ref" not at all."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    words = ["the", "cat", "dog", "sky", "is", "red", "blue", "green", "."]
+    tok = word_tokenizer(words)
+    prefs = {"prompt": ["the cat is", "the dog is", "the sky is", "the cat is"],
+             "chosen": [" red .", " blue .", " blue .", " green ."],
+             "rejected": [" green .", " red .", " red .", " blue ."]}
+    lr = 0.5
+
+    def train(pm):
+        args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=lr, max_length=32,
+                             bf16=False, **SGD_STEP)
+        trl.DPOTrainer(model=pm, args=args, train_dataset=Dataset.from_dict(prefs), processing_class=tok).train()
+
+    def llama():
+        return tiny_llama(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                          bos_token_id=None)
+
+    pm, plain = _pair(llama, task_type="CAUSAL_LM")
+    start = {n: p.detach().clone() for n, p in _scales(pm).items()}
+    train(pm)
+    train(plain)
+    for model in (pm, plain):
+        refs = {n: p.detach() for n, p in model.named_parameters() if ".ref." in n}
+        assert len(refs) == 2 and all(torch.equal(v, start[n.replace(".ref.", ".default.")]) for n, v in refs.items())
+    _assert_penalty_step(start, {n: p.detach() for n, p in _scales(pm).items()},
+                         {n: p.detach() for n, p in _scales(plain).items()}, lr)

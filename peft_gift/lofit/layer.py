@@ -3,80 +3,19 @@
 from __future__ import annotations
 
 import warnings
-import weakref
 from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers.pytorch_utils import Conv1D
 
 from .._peft_private import BufferDict, _get_in_out_features
 from ..input_edit import InputEditLayer
+from .l1 import refuse_unreachable_scale, register_penalised_layer
 
 # Below this |1 + A| a merged scale cannot be divided out of an offset merged on top of it accurately.
 _MIN_INVERTIBLE_SCALE = 1e-3
-
-
-# Layers holding a scale adapter with λ > 0 (weakly: a deleted model drops out by itself).
-_PENALISED_LAYERS: weakref.WeakSet[LofitLayer] = weakref.WeakSet()
-_STEP_HOOK = None
-
-
-def add_l1_subgradient(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-    """LoFiT's L1 term, tied to the optimizer step: a global ``torch.optim.Optimizer`` step pre-hook that, just before
-    any optimizer updates its parameters, adds λ·sign(A) = ∂(λ·Σ|A|)/∂A to the gradient of every penalised LoFiT scale
-    tensor A it updates (those with a gradient this step).
-
-    So the term is applied exactly once per optimizer step however the loss was computed and how many backward passes
-    built the gradient (HF Trainer, TRL, custom loops with any ``torch.optim`` optimizer, gradient accumulation, two
-    forwards per backward, gradient checkpointing, ``torch.compile``d forwards, FSDP2's sharded ``DTensor``
-    parameters), after a ``GradScaler`` unscaled the gradients and after gradient clipping; it is never part of a
-    loss value, adds no work to the backward pass and needs no host synchronisation. Functional gradients
-    (``torch.func.grad``) do not see it, nor does DeepSpeed's ZeRO optimizer, which updates flat copies of the
-    parameters (a training forward there raises, see `_refuse_deepspeed_l1`): set ``l1_lambda=0`` there and add
-    ``LofitModel.l1_penalty(l1_lambda=λ)`` to the loss yourself."""
-    if not _PENALISED_LAYERS:
-        return
-    lambdas = {}
-    for layer in list(_PENALISED_LAYERS):
-        for name, l1_lambda in layer.lofit_l1_lambda.items():
-            if l1_lambda > 0 and name in layer.lofit_head_scale:
-                lambdas[id(layer.lofit_head_scale[name].weight)] = l1_lambda
-    if not lambdas:
-        return
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                l1_lambda = lambdas.get(id(param))
-                if l1_lambda is not None and param.grad is not None:
-                    param.grad.add_(torch.sign(param.detach()).to(param.grad.dtype), alpha=l1_lambda)
-
-
-# what DeepSpeed sets on the parameters its ZeRO optimizer owns: ``ds_id`` (stage 3), ``param_idx_in_group``
-# (stages 1 and 2; deepspeed/runtime/zero/stage_1_and_2.py)
-_DEEPSPEED_PARAM_MARKERS = ("ds_id", "param_idx_in_group")
-
-
-def _refuse_deepspeed_l1(scale: torch.Tensor, adapter_name: str) -> None:
-    """Raise if DeepSpeed's ZeRO optimizer updates ``scale``: it steps flat copies of the parameters, whose gradient
-    the step hook cannot reach, so ``l1_lambda`` would silently do nothing."""
-    if scale.requires_grad and any(hasattr(scale, marker) for marker in _DEEPSPEED_PARAM_MARKERS):
-        raise ValueError(
-            f"LoFiT adapter {adapter_name!r} has l1_lambda > 0 under DeepSpeed ZeRO, whose optimizer updates flat "
-            "copies of the parameters: the L1 term, added at each torch.optim step, would not be applied. Set "
-            "l1_lambda=0 in the LofitConfig and add `peft_model.base_model.l1_penalty(l1_lambda=λ)` to the training "
-            "loss (once per optimizer step: e.g. in Trainer.compute_loss; docs/distributed.md, DeepSpeed)."
-        )
-
-
-def _penalise(layer: LofitLayer) -> None:
-    """Register ``layer`` (it holds a scale adapter with λ > 0) with the step hook, installing the hook once."""
-    global _STEP_HOOK
-    if _STEP_HOOK is None:
-        _STEP_HOOK = register_optimizer_step_pre_hook(add_l1_subgradient)
-    _PENALISED_LAYERS.add(layer)
 
 
 class HeadVectors(nn.Module):
@@ -152,13 +91,20 @@ class LofitLayer(InputEditLayer):
         if mode == "scale":
             self.lofit_l1_lambda[adapter_name] = float(config.l1_lambda)
             if config.l1_lambda > 0:
-                _penalise(self)
+                register_penalised_layer(self)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self.head_shapes.pop(adapter_name, None)
+
+    def penalised_scales(self) -> list[tuple[torch.Tensor, float]]:
+        """[(A, λ)] of the active scale adapters with λ > 0 whose A is trained (``requires_grad``): what the L1 step
+        hook (`l1.add_l1_term`) adds λ·sign(A) to."""
+        return [(self.lofit_head_scale[name].weight, self.lofit_l1_lambda[name]) for name in self.active_adapters
+                if self.lofit_l1_lambda.get(name, 0.0) > 0 and name in self.lofit_head_scale
+                and self.lofit_head_scale[name].weight.requires_grad]
 
     def adapter_mode(self, adapter_name: str) -> Optional[str]:
         """"scale", "bias" (offsets) or None when this layer has no parameters for ``adapter_name``."""
@@ -193,8 +139,8 @@ class LofitLayer(InputEditLayer):
         scale = offset = None
         for name in adapter_names:
             if name in self.lofit_head_scale:
-                if self.lofit_l1_lambda.get(name, 0.0) > 0 and torch.is_grad_enabled():
-                    _refuse_deepspeed_l1(self.lofit_head_scale[name].weight, name)
+                if self.lofit_l1_lambda.get(name, 0.0) > 0:
+                    refuse_unreachable_scale(self.lofit_head_scale[name].weight, name)
                 s = self.get_scale_vector(name)
                 scale = s if scale is None else scale * s
             elif name in self.lofit_head_offset:
@@ -255,7 +201,8 @@ class LofitLayer(InputEditLayer):
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Fold the adapters into the base layer: scales into the weight columns of their heads
         (W[:, head] *= 1 + A_h; those K·head_dim columns are kept for `unmerge`), offsets into the bias
-        (b += W[:, head] @ v_h; a zero bias is created if absent).
+        (b += W[:, head] @ v_h). A projection without a bias keeps its parameters: the merged W v is added in
+        `forward` instead, and becomes a real bias only when the layer is unloaded (`materialise_merged_bias`).
 
         Args:
             safe_merge: compute on copies and raise ``ValueError`` if the result has NaN/inf, leaving W and b as is.
@@ -284,25 +231,23 @@ class LofitLayer(InputEditLayer):
                 weight[:, features] = merged
             else:
                 delta = self.get_delta_bias(name)
-                old_bias = None if base.bias is None else base.bias.data.clone()
-                reference = base.weight if base.bias is None else base.bias
-                current = torch.zeros(self.out_features, dtype=torch.float32, device=reference.device)
-                if base.bias is not None:
-                    current = base.bias.data.to(torch.float32)
-                new_bias = (current + delta.to(current.device)).to(reference.dtype)
+                new_bias = delta if base.bias is None else (
+                    base.bias.data.to(torch.float32) + delta.to(base.bias.device)).to(base.bias.dtype)
                 if safe_merge and not torch.isfinite(new_bias).all():
                     raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-                record["bias"] = old_bias
                 if base.bias is None:
-                    base.bias = nn.Parameter(new_bias, requires_grad=False)
+                    # no bias to fold W v into: kept as a bias that `forward` adds, so merging leaves the model's
+                    # parameters as they are; `merge_and_unload` makes it a real bias (`materialise_merged_bias`)
+                    record["effective_bias"] = delta
                 else:
+                    record["bias"] = base.bias.data.clone()
                     base.bias.data = new_bias
             self._merge_records[name] = record
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         """Undo all merges (last merged first), exactly: restore the stored weight columns of scaled heads and the
-        stored bias (removing a bias that merging created)."""
+        stored bias (or drop the W v that `forward` added)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
@@ -315,10 +260,23 @@ class LofitLayer(InputEditLayer):
                 features, columns = record["columns"]
                 weight[:, features.to(weight.device)] = columns.to(weight.device)
             if "bias" in record:
-                if record["bias"] is None:
-                    base.bias = None
-                else:
-                    base.bias.data = record["bias"].to(base.bias.device)
+                base.bias.data = record["bias"].to(base.bias.device)
+
+    def merged_effective_bias(self) -> Optional[torch.Tensor]:
+        """Σ W v (fp32) of the offsets merged while the projection has no bias, which `forward` adds; else None."""
+        deltas = [self._merge_records[name]["effective_bias"] for name in self.merged_adapters
+                  if "effective_bias" in self._merge_records.get(name, {})]
+        return sum(deltas[1:], deltas[0]) if deltas else None
+
+    def materialise_merged_bias(self) -> bool:
+        """Unloading: give the base projection a real bias holding `merged_effective_bias` (the merged offsets);
+        True if one was created."""
+        bias = self.merged_effective_bias()
+        base = self.get_base_layer()
+        if bias is None or base.bias is not None:
+            return False
+        base.bias = nn.Parameter(bias.to(device=base.weight.device, dtype=base.weight.dtype), requires_grad=False)
+        return True
 
 
 class Linear(nn.Module, LofitLayer):
@@ -338,7 +296,16 @@ class Linear(nn.Module, LofitLayer):
         self.update_layer(adapter_name, config, heads=heads)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
-        return self.edited_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        result = self.edited_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        bias = self.merged_effective_bias() if self.merged else None  # (disabling unmerges inside edited_forward)
+        return result if bias is None else result + bias.to(device=result.device, dtype=result.dtype)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """``copy.deepcopy`` and unpickling (``torch.load``, ``mp.spawn``) rebuild layers through here: a copy of a
+        penalised layer joins the L1 step hook's registry as the original did."""
+        super().__setstate__(state)
+        if any(lam > 0 for lam in self.__dict__.get("lofit_l1_lambda", {}).values()):
+            register_penalised_layer(self)
 
     def __repr__(self) -> str:
         return "lofit." + super().__repr__()

@@ -57,13 +57,17 @@ class LofitModel(InputEditTuner):
         offset adapters (stage 2): z_h <- z_h + v_{l,h}               (selected heads only)
 
     Several active adapters compose as z_h <- z_h * prod_a (1 + A_a) + sum_b v_b. Merging folds scales into W_o's
-    columns and offsets into b (b += W_o[:, head] v_h; a zero bias is created where missing and, for Llama-style
-    configs, ``attention_bias`` is switched on with zero q/k/v biases so that a saved merged model reloads).
+    columns and offsets into b (b += W_o[:, head] v_h). ``merge_adapter`` keeps the model's parameter set: on a
+    projection without a bias the layer adds the merged W_o v itself; ``merge_and_unload`` turns it into a real bias
+    and, for Llama-style configs, switches ``attention_bias`` on with zero q/k/v biases so that the saved model
+    reloads.
 
-    The L1 term is added to A's gradient by the optimizer step (a ``torch.optim`` step pre-hook, see
-    ``layer.add_l1_subgradient``), once per step, so it acts whatever computes the loss (HF Trainer, TRL, custom
-    loops) and is never part of a reported loss; [`l1_penalty`] returns its value for logging or for a custom
-    objective.
+    The L1 term is added to A's gradient by the optimizer step (a global ``torch.optim`` step pre-hook,
+    `peft_gift.lofit.l1`), once per computed gradient of an active, trainable A, scaled for a fused optimizer under
+    ``GradScaler``, through the closure for ``step(closure)``; so it acts whatever computes the loss (HF Trainer, TRL,
+    custom loops) and is never part of a reported loss (only of a closure's). A training forward that the hook could
+    not serve (``torch.func``, DeepSpeed) raises ValueError. [`l1_penalty`] returns its value for logging or for a
+    custom objective with ``l1_lambda=0``.
     """
 
     prefix: str = "lofit_"
@@ -157,7 +161,7 @@ class LofitModel(InputEditTuner):
         the active ones), as a differentiable scalar; ``l1_lambda`` overrides each adapter's ``config.l1_lambda``.
         Offset adapters contribute nothing. A config with ``l1_lambda > 0`` already applies the term at every
         ``torch.optim`` optimizer step, so use this to log it (e.g. next to the loss), or for a custom objective with
-        ``l1_lambda=0`` in the config (functional gradients, DeepSpeed's ZeRO optimizers). Under ZeRO-3 the scales are
+        ``l1_lambda=0`` in the config (``torch.func``, DeepSpeed, which refuse ``l1_lambda > 0``). Under ZeRO-3 the scales are
         gathered for the value; the gradient of the term is λ·sign(A), written so that its backward does not need
         the (partitioned) A again."""
         names = self.active_adapters if adapter_names is None else (
@@ -218,13 +222,13 @@ class LofitModel(InputEditTuner):
 
 @contextmanager
 def loadable_biases(model: nn.Module) -> Iterator[None]:
-    """Around unloading (merging) LoFiT layers of ``model``: when merged offsets created a bias on projections that
-    had none, make the saved model reload with those biases (`LofitModel._make_biases_loadable`)."""
+    """Around unloading (merging) LoFiT layers of ``model``: offsets merged into a projection without a bias (kept by
+    the layer until now, so that ``merge_adapter`` leaves the parameter set unchanged) become a real bias on the
+    unloaded projection, and the saved model is made to reload with it (`LofitModel._make_biases_loadable`)."""
     layers = [m for m in model.modules() if isinstance(m, LofitLayer)]
-    had_bias = {id(m.get_base_layer()): m.get_base_layer().bias is not None for m in layers}
     yield
-    if any(id(m) in had_bias and not had_bias[id(m)] and getattr(m, "bias", None) is not None
-           for m in model.modules()):
+    created = [layer.materialise_merged_bias() for layer in layers]
+    if any(created):
         LofitModel._make_biases_loadable(model)
 
 
