@@ -6,8 +6,12 @@ fixed chain of config classes; ``register_peft_method(..., is_mixed_compatible=T
 `PeftMixedModel.from_pretrained` read the config. `MixedModel` here is PEFT's class with each step that depends on the
 adapter's method handing GIFT/LoFiT adapters to their own tuner's code (the same code `GiftModel` / `LofitModel` run);
 `allow_in_peft_mixed_model` (run by ``import peft_gift``) adds our types, prefixes and layer classes to PEFT's lists
-and makes `PeftMixedModel` build this class; PEFT's own types take PEFT's code paths unchanged. The PEFT names this
-relies on are checked at import (an ImportError names the PEFT version and what is missing).
+and makes `PeftMixedModel` build this class; PEFT's own types take PEFT's code paths unchanged.
+
+The PEFT names this relies on are checked at import. A PEFT release that lacks or changed one of them does not break
+``import peft_gift``: one warning names the PEFT version and what is missing, PEFT's mixed models are left exactly as
+PEFT made them, GIFT/LoFiT work as usual through `get_peft_model` / `PeftModel`, and a GIFT/LoFiT config given to
+`PeftMixedModel` raises a ValueError saying why.
 
 Where two adapters of different types target the same module, the one added later wraps the earlier one (as in
 PEFT for every type):
@@ -15,60 +19,78 @@ PEFT for every type):
     LoRA added after GIFT:   y = W(I + sφψ)x + (α/r)BAx
     GIFT added after LoRA:   y = (W + (α/r)BA)(I + sφψ)x
 
-`merge_and_unload()` and `merge_adapter()` merge nested layers that hold a GIFT/LoFiT layer inside out, so the
+`merge_and_unload()` and `merge_adapter()` merge nests that hold a GIFT/LoFiT layer inside out, at any depth, so the
 merged weight is the same composition, and `unmerge_adapter()` undoes them outside in (nests of PEFT's own layers
-merge as PEFT merges them). Mixed-adapter batches (``adapter_names=``), saving and
-model cards are not supported by `PeftMixedModel` for any type.
+merge as PEFT merges them). Mixed-adapter batches (``adapter_names=``), saving and model cards are not supported by
+`PeftMixedModel` for any type.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import warnings
 from contextlib import ExitStack
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import peft
-import peft.mixed_model
-import peft.tuners.mixed
-import peft.tuners.mixed.model
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, onload_layer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from .input_edit import InputEditLayer
 from .targets import candidate_modules
 from .tuner import InputEditTuner, injection
 
-# What this module reads, extends or replaces in PEFT (0.21). A release that renames one of them must fail at import,
-# not silently change how mixed models behave.
+# What this module reads, extends or replaces in PEFT (0.21, 0.22). A release that renames one of them switches mixed
+# support off (with a warning), instead of silently changing how mixed models behave.
 _PEFT_NAMES = {
-    peft.tuners.mixed: {"COMPATIBLE_TUNER_TYPES": tuple, "MixedModel": type},
-    peft.tuners.mixed.model: {"COMPATIBLE_TUNER_TYPES": tuple, "PREFIXES": list, "Layers": tuple},
-    peft.mixed_model: {"MixedModel": type},
+    "peft.tuners.mixed": {"COMPATIBLE_TUNER_TYPES": tuple, "MixedModel": type},
+    "peft.tuners.mixed.model": {"COMPATIBLE_TUNER_TYPES": tuple, "PREFIXES": list, "Layers": tuple},
+    "peft.mixed_model": {"MixedModel": type},
+    "peft.tuners.tuners_utils": {"onload_layer": object},
 }
 _PEFT_MIXED_MODEL_METHODS = (
     "_check_new_adapter_config", "_prepare_adapter_config", "_check_target_module_exists", "inject_adapter",
     "_create_and_replace", "_cast_adapter_dtype", "delete_adapter", "_unload_and_optionally_merge", "merge_adapter",
-    "_check_merge_allowed",
+    "_check_merge_allowed", "_replace_module",
 )
 
 
-def _check_peft_names() -> None:
-    """Raise ImportError naming the PEFT version and every name this module needs that PEFT does not have (as the
-    expected type)."""
-    missing = [f"{module.__name__}.{name}" for module, names in _PEFT_NAMES.items() for name, kind in names.items()
-               if not isinstance(getattr(module, name, None), kind)]
-    tuner = getattr(peft.tuners.mixed, "MixedModel", None)
-    missing += [f"peft.tuners.mixed.MixedModel.{name}" for name in _PEFT_MIXED_MODEL_METHODS
-                if not hasattr(tuner, name)]
-    if missing:
-        raise ImportError(
-            f"peft_gift extends PEFT's mixed models (PeftMixedModel) through names of peft 0.21, which peft "
-            f"{peft.__version__} lacks or has changed: {', '.join(missing)}. Install peft 0.21.x or a peft_gift "
-            "release made for this peft."
-        )
+def _missing_peft_names() -> list[str]:
+    """Every name this module needs that PEFT does not have (as the expected type); empty when all are there."""
+    missing, modules = [], {}
+    for module_name, names in _PEFT_NAMES.items():
+        try:
+            modules[module_name] = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(module_name)
+            continue
+        missing += [f"{module_name}.{name}" for name, kind in names.items()
+                    if not isinstance(getattr(modules[module_name], name, None), kind)]
+    tuner = getattr(modules.get("peft.tuners.mixed"), "MixedModel", None)
+    if isinstance(tuner, type):
+        missing += [f"peft.tuners.mixed.MixedModel.{name}" for name in _PEFT_MIXED_MODEL_METHODS
+                    if not hasattr(tuner, name)]
+    return missing
 
 
-_check_peft_names()
-PeftMixedTuner = peft.tuners.mixed.MixedModel
+MISSING = _missing_peft_names()
+UNAVAILABLE = (
+    f"GIFT/LoFiT adapters cannot be used in PEFT's mixed models (PeftMixedModel, get_peft_model(..., mixed=True)) with "
+    f"peft {peft.__version__}: peft_gift extends them through names of peft 0.21/0.22 that this peft lacks or has "
+    f"changed ({', '.join(MISSING)}). GIFT and LoFiT work as usual through get_peft_model / PeftModel (which also "
+    "hosts several GIFT or several LoFiT adapters); for mixed models install a peft that peft_gift supports."
+) if MISSING else ""
+if MISSING:
+    warnings.warn(UNAVAILABLE, stacklevel=2)
+    PeftMixedTuner = BaseTuner  # `MixedModel` below is then defined but never used
+    onload_layer = None
+else:
+    import peft.mixed_model
+    import peft.tuners.mixed.model
+    from peft.tuners.tuners_utils import onload_layer
+
+    PeftMixedTuner = peft.tuners.mixed.MixedModel
 
 
 def _input_edit_tuner(config) -> Optional[type[InputEditTuner]]:
@@ -131,52 +153,78 @@ class MixedModel(PeftMixedTuner):
             if tuner is not None:
                 tuner._delete_own_state(self, name)
 
-    def _unload_and_optionally_merge(self, *args, **kwargs):
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+                                     adapter_names: Optional[list[str]] = None):
+        """Nests holding a GIFT/LoFiT layer merge inside out (`merge_adapter`) and are replaced by their base layer
+        here; PEFT unloads the rest as it does without peft_gift (its own merge order merges the middle layer of a
+        three-deep nest before the innermost one)."""
         tuners = {_input_edit_tuner(config) for config in self.peft_config.values()} - {None}
         with ExitStack() as stack:
             for tuner in tuners:
                 stack.enter_context(tuner._unloading(self.model))
-            return super()._unload_and_optionally_merge(*args, **kwargs)
+            if merge:
+                for name, chain in list(_nests(self.model)):
+                    if any(isinstance(layer, InputEditLayer) for layer in chain):
+                        _merge_inside_out(chain, adapter_names, safe_merge)
+                        parent, _, child = name.rpartition(".")
+                        self._replace_module(self.model.get_submodule(parent), child, chain[0].get_base_layer(),
+                                             chain[0])
+            return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge,
+                                                        adapter_names=adapter_names)
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        """Merge nested layers inside out: a layer wrapping another adapter's layer acts on that layer's effective
-        weight (GIFT outside LoRA: (W + ΔW)(I + sφψ); LoRA outside GIFT: W(I + sφψ) + ΔW), so the inner layer merges
-        first and the outer one merges into its result. PEFT's generic version merges the outer layer first, into the
-        innermost weight. A merged layer outside a layer that merges now is unmerged and merged again on top of it.
-        A nest of PEFT's own layers only merges as PEFT merges it (its types behave as without peft_gift).
-        `unmerge_adapter` (outer layers first) needs no change."""
+        """Merge nested layers inside out (`_merge_inside_out`); a nest of PEFT's own layers only merges as PEFT
+        merges it (its types behave as without peft_gift). `unmerge_adapter` (outer layers first) needs no change."""
         self._check_merge_allowed()
-        for _, outer in candidate_modules(self.model):
-            if not isinstance(outer, BaseTunerLayer):
+        for _, chain in _nests(self.model):
+            if any(isinstance(layer, InputEditLayer) for layer in chain):
+                _merge_inside_out(chain, adapter_names, safe_merge)
                 continue
-            chain = [outer]  # outermost first
+            for layer in chain:
+                with onload_layer(layer):
+                    layer.merge(adapter_names=adapter_names, safe_merge=safe_merge)
+
+
+def _nests(model) -> Iterator[tuple[str, list[BaseTunerLayer]]]:
+    """(name, nest) for every outermost tuner layer of ``model``; a nest lists its tuner layers outermost first."""
+    for name, outer in candidate_modules(model):
+        if isinstance(outer, BaseTunerLayer):
+            chain = [outer]
             while isinstance(chain[-1].base_layer, BaseTunerLayer):
                 chain.append(chain[-1].base_layer)
-            if not any(isinstance(layer, InputEditLayer) for layer in chain):
-                for layer in chain:
-                    with onload_layer(layer):
-                        layer.merge(adapter_names=adapter_names, safe_merge=safe_merge)
-                continue
-            new = [[name for name in (layer.active_adapters if adapter_names is None else adapter_names)
-                    if name in layer._all_available_adapter_names() and name not in layer.merged_adapters]
-                   for layer in chain]
-            changed = [index for index, names in enumerate(new) if names]
-            for index, layer in enumerate(chain[: changed[-1]] if changed else []):
-                if layer.merged:
-                    new[index] = layer.merged_adapters + new[index]
-                    with onload_layer(layer):
-                        layer.unmerge()
-            for layer, names in reversed(list(zip(chain, new))):
-                if names:
-                    with onload_layer(layer):
-                        layer.merge(safe_merge=safe_merge, adapter_names=names)
+            yield name, chain
+
+
+def _merge_inside_out(chain: list[BaseTunerLayer], adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+    """Merge ``adapter_names`` (default: each layer's active adapters) into a nest (outermost layer first). A layer
+    wrapping another adapter's layer acts on that layer's effective weight (GIFT outside LoRA: (W + ΔW)(I + sφψ); LoRA
+    outside GIFT: W(I + sφψ) + ΔW), so the inner layer merges first and the outer one merges into its result (PEFT's
+    generic merge merges the outer layer first, into the innermost weight). A merged layer outside a layer that merges
+    now is unmerged and merged again on top of it."""
+    new = [[name for name in (layer.active_adapters if adapter_names is None else adapter_names)
+            if name in layer._all_available_adapter_names() and name not in layer.merged_adapters]
+           for layer in chain]
+    changed = [index for index, names in enumerate(new) if names]
+    for index, layer in enumerate(chain[: changed[-1]] if changed else []):
+        if layer.merged:
+            new[index] = layer.merged_adapters + new[index]
+            with onload_layer(layer):
+                layer.unmerge()
+    for layer, names in reversed(list(zip(chain, new))):
+        if names:
+            with onload_layer(layer):
+                layer.merge(safe_merge=safe_merge, adapter_names=names)
 
 
 def allow_in_peft_mixed_model(peft_type, model_cls: type[InputEditTuner]) -> None:
     """Let ``get_peft_model(..., mixed=True)`` / `PeftMixedModel` accept adapters of ``peft_type``: add it to the
     accepted types, its parameter prefix and layer class to those PEFT's `MixedModel` recognises (trainability,
     unloading, deleting, `set_adapter`), and make `PeftMixedModel` build `MixedModel`, which hands the method-specific
-    steps to ``model_cls``. Idempotent."""
+    steps to ``model_cls``. Idempotent. With a PEFT that lacks what this needs (`MISSING`), change nothing but PEFT's
+    check of a mixed model's config, which then refuses ours with `UNAVAILABLE`."""
+    if MISSING:
+        _refuse_in_peft_mixed_model()
+        return
     mixed_model = peft.tuners.mixed.model
     for module in (peft.tuners.mixed, mixed_model):  # read by `PeftMixedModel`'s type check
         module.COMPATIBLE_TUNER_TYPES = tuple(dict.fromkeys((*module.COMPATIBLE_TUNER_TYPES, peft_type)))
@@ -184,3 +232,25 @@ def allow_in_peft_mixed_model(peft_type, model_cls: type[InputEditTuner]) -> Non
         mixed_model.PREFIXES.append(model_cls.prefix)
     mixed_model.Layers = tuple(dict.fromkeys((*mixed_model.Layers, model_cls.tuner_layer_cls)))
     peft.mixed_model.MixedModel = MixedModel  # the tuner `PeftMixedModel.__init__` builds
+
+
+def _refuse_in_peft_mixed_model() -> None:
+    """Make ``peft.mixed_model._check_config_compatible`` (run by `PeftMixedModel.__init__` and ``add_adapter``)
+    raise ``ValueError(UNAVAILABLE)`` for a GIFT/LoFiT config; other configs go to PEFT's check. Idempotent; nothing
+    is changed where that function is missing too."""
+    try:
+        module = importlib.import_module("peft.mixed_model")
+    except ImportError:
+        return
+    check = getattr(module, "_check_config_compatible", None)
+    if not callable(check) or getattr(check, "peft_gift_refusal", False):
+        return
+
+    @functools.wraps(check)
+    def refuse_ours(peft_config, *args, **kwargs):
+        if _input_edit_tuner(peft_config) is not None:
+            raise ValueError(UNAVAILABLE)
+        return check(peft_config, *args, **kwargs)
+
+    refuse_ours.peft_gift_refusal = True
+    module._check_config_compatible = refuse_ours

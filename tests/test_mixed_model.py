@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, PeftMixedModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from tiny_models import model_output, randomise_theta, text_inputs, tiny_llama
 
@@ -281,3 +282,129 @@ def test_peft_own_types_mix_as_before():
     mixed.set_adapter(["default", "loha"])
     out = model_output(mixed, inputs)
     torch.testing.assert_close(model_output(mixed.merge_and_unload(), inputs), out, atol=ATOL, rtol=0)
+
+
+def _nest(*adapters):
+    """A mixed model with ``adapters`` ((name, config), ...) added in order on the same modules, all active: each
+    later adapter wraps the earlier ones (the first is innermost)."""
+    (name, config), *rest = adapters
+    model = get_peft_model(tiny_llama(), config, adapter_name=name, mixed=True)
+    for name, config in rest:
+        model.add_adapter(name, config)
+    model.set_adapter([name for name, _ in adapters])
+    randomise_theta(model, std=0.3)
+    return model
+
+
+def _lora_on(*targets, seed):
+    torch.manual_seed(seed)  # init_lora_weights=False draws B from the global generator
+    return LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False)
+
+
+def _depth(layer) -> int:
+    """How many tuner layers are nested from ``layer`` inwards, ``layer`` included."""
+    return 1 + _depth(layer.base_layer) if isinstance(layer.base_layer, BaseTunerLayer) else 1
+
+
+DEEP_NESTS = {
+    "lora-gift-lora": lambda: _nest(("lora1", _lora_on("q_proj", seed=1)), ("gift", GiftConfig(r=4, target_modules=["q_proj"])),
+                                    ("lora2", _lora_on("q_proj", seed=2))),
+    "gift-lora-lofit": lambda: _nest(("gift", GiftConfig(r=4, target_modules=["o_proj"])), ("lora", _lora_on("o_proj", seed=1)),
+                                     ("lofit", LofitConfig(mode="scale", heads=[[0, 1], [1, 3]], init_std=0.5))),
+    "gift-lora": lambda: _nest(("gift", GiftConfig(r=4, target_modules=["q_proj"])), ("lora", _lora_on("q_proj", seed=1))),
+}
+
+
+@pytest.mark.parametrize("nest", list(DEEP_NESTS))
+def test_merge_and_unload_of_nests_of_any_depth_equals_the_unmerged_model(nest):
+    """`merge_and_unload` merges every nest holding a GIFT/LoFiT layer inside out, as `merge_adapter` does (PEFT's
+    unloading merged the middle layer of a three-deep nest before the innermost one: max |Δ logits| 0.09 where the
+    adapters' effect is 0.11 (LoRA→GIFT→LoRA), 0.86 where it is 0.82 (GIFT→LoRA→LoFiT); two-deep nests were exact)."""
+    model = DEEP_NESTS[nest]()
+    depth = max(_depth(m) for m in model.modules() if isinstance(m, BaseTunerLayer))
+    assert depth == len(model.peft_config)  # every adapter wraps the previous one on at least one module
+    inputs = text_inputs()
+    unmerged = model_output(model, inputs)
+    with model.disable_adapter():
+        effect = float((model_output(model, inputs) - unmerged).abs().max())
+    merged = model.merge_and_unload()
+    assert not any("peft" in type(m).__module__ for m in merged.modules())
+    assert effect > 1e-2  # 1000 × ATOL: equality means something
+    torch.testing.assert_close(model_output(merged, inputs), unmerged, atol=ATOL, rtol=0)
+
+
+_WITHOUT_A_PEFT_NAME = """
+import tempfile, warnings
+import peft, peft.tuners.mixed.model as mixed_model
+{change}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import peft_gift
+ours = [str(w.message) for w in caught if "PeftMixedModel" in str(w.message)]
+assert len(ours) == 1, ours
+print("WARNING:", ours[0])
+import torch
+import peft.mixed_model, peft.tuners.mixed
+from peft import PeftModel, get_peft_model
+from tiny_models import model_output, randomise_lofit, randomise_theta, text_inputs, tiny_llama
+for config, randomise in ((peft_gift.GiftConfig(r=4), randomise_theta),
+                          (peft_gift.LofitConfig(mode="bias", heads=[[0, 1]]), randomise_lofit)):
+    model = get_peft_model(tiny_llama(), config)
+    randomise(model)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        loaded = PeftModel.from_pretrained(tiny_llama(), folder)
+    out = model_output(loaded, text_inputs())
+    assert torch.equal(out, model_output(model, text_inputs()))
+    assert (out - model_output(tiny_llama(), text_inputs())).abs().max() > 1e-3
+    merged = model_output(loaded.merge_and_unload(), text_inputs())
+    assert (merged - out).abs().max() < 1e-5
+try:
+    get_peft_model(tiny_llama(), peft_gift.GiftConfig(r=4), mixed=True)
+except ValueError as error:
+    print("REFUSED:", error)
+# PEFT's mixed models as PEFT made them
+assert peft.mixed_model.MixedModel is peft.tuners.mixed.MixedModel
+assert not {{"GIFT", "LOFIT"}} & {{t.value for t in peft.tuners.mixed.COMPATIBLE_TUNER_TYPES}}
+"""
+
+
+@pytest.mark.parametrize("change", ["del mixed_model.PREFIXES", "mixed_model.Layers2 = mixed_model.Layers; del mixed_model.Layers"],
+                         ids=["PREFIXES-removed", "Layers-renamed"])
+def test_a_peft_without_a_name_mixed_support_uses_only_switches_mixed_support_off(fresh_process, change):
+    """``import peft_gift`` with a PEFT that lacks a name of its mixed-model internals: one warning naming the PEFT
+    version and the name, GIFT/LoFiT train-free round trips (save, load, merge) work through `PeftModel`, and
+    ``get_peft_model(..., mixed=True)`` with our config raises a ValueError naming the PEFT version; PEFT's mixed
+    model is left as PEFT made it. (It failed at import before.)"""
+    import peft
+
+    out = fresh_process(_WITHOUT_A_PEFT_NAME.format(change=change))
+    missing = "peft.tuners.mixed.model." + ("PREFIXES" if "PREFIXES" in change else "Layers")
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:"))
+    assert f"peft {peft.__version__}" in warning and missing in warning
+    refused = next(line for line in out.splitlines() if line.startswith("REFUSED:"))
+    assert f"peft {peft.__version__}" in refused and missing in refused and "PeftModel" in refused
+
+
+def test_a_nest_of_peft_types_beside_gift_merges_exactly_as_peft_merges_it():
+    """A three-deep nest of PEFT's own types (LoRA→LoHa→LoRA on k_proj) in a model that also holds GIFT (q_proj) is
+    merged by PEFT's own code: the merged k_proj weights are bit-identical to PEFT's `merge_and_unload`."""
+    from peft import LoHaConfig
+
+    from peft_gift.mixed import PeftMixedTuner
+
+    def build():
+        return _nest(("lora1", _lora_on("k_proj", seed=1)),
+                     ("loha", LoHaConfig(r=4, target_modules=["k_proj"], init_weights=False)),
+                     ("lora2", _lora_on("k_proj", seed=2)), ("gift", GiftConfig(r=4, target_modules=["q_proj"])))
+
+    torch.manual_seed(0)
+    ours = build().merge_and_unload()
+    torch.manual_seed(0)
+    model = build()
+    assert _depth(model.base_model.model.model.layers[0].self_attn.k_proj) == 3
+    peft_merged = PeftMixedTuner._unload_and_optionally_merge(model.base_model, merge=True)
+    for layer in range(2):
+        got = ours.model.layers[layer].self_attn.k_proj.weight
+        assert torch.equal(got, peft_merged.model.layers[layer].self_attn.k_proj.weight)
+        assert not torch.equal(got, tiny_llama().model.layers[layer].self_attn.k_proj.weight)
