@@ -2,8 +2,9 @@
 
 A block that names a Hugging Face Hub id gets a tiny random model of the same family instead (nothing can be
 downloaded here): ``from_pretrained("HuggingFaceTB/SmolLM2-135M", **kwargs)`` saves a tiny Llama once and loads it
-with the block's own ``kwargs`` (a quantization config, ``device_map``), so the block's code runs unchanged. Local
-paths (an adapter the block saved) load as usual.
+with the block's own ``kwargs`` (a quantization config, ``device_map``), so the block's code runs unchanged;
+``AutoTokenizer.from_pretrained(hub_id)`` gets a small word-level tokenizer. Local paths (an adapter the block saved)
+load as usual.
 """
 
 from __future__ import annotations
@@ -51,3 +52,34 @@ def _patch(auto_cls) -> None:
 
 for _cls in (transformers.AutoModelForCausalLM, transformers.AutoModelForSeq2SeqLM):
     _patch(_cls)
+
+
+def _tiny_tokenizer() -> str:
+    """A word-level tokenizer (lower-cased words and punctuation, the rest [UNK]) with EOS and pad tokens, saved
+    once: what a block's ``AutoTokenizer.from_pretrained(hub_id)`` gets."""
+    key = ("tokenizer", "")
+    if key not in _SAVED:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+        words = ("[PAD] [UNK] </s> the a an is are was of and to in on it . , ? ! : capital city country france paris "
+                 "italy rome germany berlin japan tokyo spain madrid question answer yes no sky blue grass green cat "
+                 "dog red what which good bad").split()
+        tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        _SAVED[key] = os.path.join(_ROOT, "tokenizer")
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                             eos_token="</s>").save_pretrained(_SAVED[key])
+    return _SAVED[key]
+
+
+_tokenizer_from_pretrained = transformers.AutoTokenizer.from_pretrained.__func__
+
+
+def _tokenizer_for(cls, name, *args, **kwargs):
+    if isinstance(name, str) and not os.path.exists(name) and name.count("/") <= 1:
+        name = _tiny_tokenizer()
+    return _tokenizer_from_pretrained(cls, name, *args, **kwargs)
+
+
+transformers.AutoTokenizer.from_pretrained = classmethod(_tokenizer_for)
