@@ -33,7 +33,8 @@ def export_lora(model: PeftModel, save_directory: str, adapter_name: str = "defa
     ``modules_to_save`` and ``trainable_token_indices`` are carried over as they are (LoRA has both). Quantized base
     layers: B = Wφ uses the dequantized W, and the LoRA adapter then runs on the same quantized base. A merged adapter
     is exported from the original (unmerged) W. LoFiT scale adapters (stage 1) are refused: they select heads and
-    are not meant for serving; merge them (``merge_and_unload``) if you must serve one."""
+    are not meant for serving; merge them (``merge_and_unload``) if you must serve one. A LoFiT offset adapter is
+    refused while a scale adapter is merged into the same projection (``unmerge_adapter`` first)."""
     if not isinstance(model, PeftModel):
         raise TypeError(f"export_lora expects a PeftModel, got {type(model).__name__}")
     if adapter_name not in model.peft_config:
@@ -98,6 +99,15 @@ def _lofit_offsets_as_lora(model: PeftModel, adapter_name: str):
             f"export_lora: LoFiT adapter {adapter_name!r} has head scales (mode='scale', stage 1), which a LoRA "
             "adapter cannot express with rank ≪ d; export a stage-2 (mode='bias') adapter, or serve the merged model "
             "(merge_and_unload)"
+        )
+    scaled = {path: names for path, layer in layers
+              if (names := [n for n in layer.merged_adapters if layer.adapter_mode(n) == "scale"])}
+    if scaled:
+        path, names = next(iter(scaled.items()))
+        raise ValueError(
+            f"export_lora: LoFiT adapter {adapter_name!r} becomes lora_bias = W_o·v with the unscaled W_o, but scale "
+            f"adapter(s) {names} are merged into W_o of {path!r} ({len(scaled)} layers in all); call "
+            "model.unmerge_adapter() first (merged offset adapters do not matter)"
         )
     tensors: dict[str, torch.Tensor] = {}
     for path, layer in layers:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from test_workflows import ARCHS, make_config, make_inputs, perturb
-from tiny_models import text_inputs, tiny_llama
+from tiny_models import randomise_lofit, text_inputs, tiny_llama
 
 from peft_gift import GiftConfig, LofitConfig, export_lora
 
@@ -141,3 +141,24 @@ def test_refusals(tmp_path):
     with pytest.raises(TypeError, match="PeftModel"):
         export_lora(tiny_llama(), str(tmp_path / "d"))
     assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_lofit_offsets_with_a_merged_scale_adapter_on_the_same_layers_are_refused(tmp_path):
+    """lora_bias = W_o·v needs the unscaled W_o: with a scale adapter merged into W_o's columns the export was off by
+    0.19 where the offsets' effect is 0.62. Refused (naming the merged adapter and the fix) before anything is written;
+    exact again after `unmerge_adapter`."""
+    heads = [[0, 1], [1, 3]]
+    model = get_peft_model(tiny_llama(), LofitConfig(mode="bias", heads=heads)).eval()
+    model.add_adapter("scales", LofitConfig(mode="scale", heads=heads))
+    randomise_lofit(model, std=0.5)
+    inputs = text_inputs(2, 8)
+    expected = _outputs(model, inputs)  # "default" (the offsets) alone
+    model.merge_adapter(["scales"])
+    with pytest.raises(ValueError, match=r"\['scales'\] are merged.*unmerge_adapter\(\)"):
+        export_lora(model, str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+    model.unmerge_adapter()
+    export_lora(model, str(tmp_path / "lora"))
+    lora = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "lora")).eval()
+    torch.testing.assert_close(_outputs(lora, inputs), expected, atol=ATOL, rtol=0)
+    assert (expected - _outputs(tiny_llama().eval(), inputs)).abs().max() > 100 * ATOL
