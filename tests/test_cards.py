@@ -91,7 +91,7 @@ def test_cli_outputs_name_no_local_path_and_carry_a_parsable_model_index(files, 
     # the card says what the CLI knew: task, data, settings, trainable parameters, command, and how to load
     for fact in ("`seq_cls`", "32 training / 16 evaluation examples", "`gift` (r=4", f"{res['trainable_params']:,} of",
                  "0 = `neg`, 1 = `pos`", "python scripts/train.py job.yaml", "## How to load this adapter",
-                 f'BertForSequenceClassification.from_pretrained("{HUB_ID}")'):
+                 "AutoModelForSequenceClassification.from_pretrained(", f'"{HUB_ID}", num_labels=len(id2label)'):
         assert fact in readme, fact
     job = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])  # the card's runnable job config
     assert job["model"] == HUB_ID and job["method"] == cfg["method"] and "output_dir" not in job

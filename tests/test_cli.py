@@ -366,9 +366,9 @@ TYPED = [
     (lambda a: {**_cls_cfg(a, "gift"), "seed": "3"}, "seed must be an integer"),
     (lambda a: {**_cls_cfg(a, "gift"), "data": {"dataset": str(a / "sst_tiny"), "max_length": "64"}},
      "data.max_length must be an integer"),
-    (lambda a: {**_cls_cfg(a, "gift"), "training": {"learning_rate": "fast"}}, "training.learning_rate must be a number"),
+    (lambda a: {**_cls_cfg(a, "gift"), "training": {"learning_rate": "fast"}}, "training.learning_rate must be a finite number"),
     (lambda a: {**_cls_cfg(a, "gift"), "training": {"num_train_epochs": "2"}},
-     "training.num_train_epochs must be a number"),
+     "training.num_train_epochs must be a finite number"),
     (lambda a: _cls_cfg(a, {"name": "lofit", "k": 2, "stage2": {"init_std": -1.0}}), "method.stage2"),
     (lambda a: _cls_cfg(a, {"name": "lofit", "k": "2"}), "method.k must be an integer"),
 ]

@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..hub import BASE_PLACEHOLDER, METHOD_NAMES, drop_local_base_model, install_instructions, is_local_path
 from . import assets
+from .card_code import usage_code, usage_section
 
 HUB_TASKS = {"seq_cls": "text-classification", "image_cls": "image-classification", "causal_lm_mc": "multiple-choice"}
 TASK_WORDS = {
@@ -86,8 +87,9 @@ def card_facts(cfg: dict, results: dict, base_model: Optional[str], base_copy: O
     return {
         "base_model": base_model, "base_model_copy": base_copy, **{k: results.get(k) for k in keep},
         "method": _scrub(cfg["method"]), "datasets": [e for _, e in datasets], "split": split,
-        "labels": list(labels) if labels else None, "results": rows, "command": COMMAND,
-        "config": _job_config(cfg, base_model, datasets),
+        "labels": list(labels) if labels else None, "num_labels": results.get("num_labels"),
+        "inputs": results.get("inputs") or {}, "saved": Path(results["saved_to"]).name, "results": rows,
+        "command": COMMAND, "config": _job_config(cfg, base_model, datasets),
     }
 
 
@@ -146,7 +148,8 @@ def write_card(folder, facts: dict, machine: str = "") -> None:
     ]
     if facts["base_model_copy"]:
         lines += ["", f"Trained on a local copy of {base}: {facts['base_model_copy']}."]
-    lines += ["", "## Results", "", "| data | metric | before fine-tuning | after fine-tuning |", "|---|---|---|---|"]
+    lines += ["", *usage_section(facts, adapter=facts["saved"] == "adapter")]
+    lines += ["## Results", "", "| data | metric | before fine-tuning | after fine-tuning |", "|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['metric']} | {_pct(r['before'])} | {_pct(r['after'])} |" for r in facts["results"]]
     lines += ["", f"On the {facts['eval_examples']:,} held-out evaluation examples (never trained on); \"before\" is the "
               "base model" + (" with the freshly initialised head." if facts["task"] != "causal_lm_mc" else ".")]
@@ -166,7 +169,7 @@ def write_card(folder, facts: dict, machine: str = "") -> None:
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(path)
 
 
-def write_export_card(folder, facts: dict, base_class: str, lora_config) -> None:
+def write_export_card(folder, facts: dict, lora_config) -> None:
     """``folder/README.md`` for ``peft_gift.export_lora``'s output: a plain PEFT LoRA adapter equal to the trained
     GIFT (or LoFiT stage-2) adapter, loadable and servable without peft-gift."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -175,7 +178,6 @@ def write_export_card(folder, facts: dict, base_class: str, lora_config) -> None
     data.model_name = _title(facts) + " (LoRA export)"
     data.tags = sorted({"peft", "lora", facts["method"]["name"]}
                        | ({f"base_model:adapter:{facts['base_model']}"} if facts["base_model"] else set()))
-    base = facts["base_model"] or BASE_PLACEHOLDER
     bias = bool(getattr(lora_config, "lora_bias", False))
     lines = [
         f"# {data.model_name}", "",
@@ -186,9 +188,8 @@ def write_export_card(folder, facts: dict, base_class: str, lora_config) -> None
            "lora_alpha / r = s." if not bias else
            "Each LoFiT head offset v becomes the constant W_o·v added by a rank-1 LoRA with zero A and B and "
            "`lora_bias: true`."),
-        "", "It loads with PEFT alone (peft-gift need not be installed):", "", "```python", "from peft import PeftModel",
-        f"from transformers import {base_class}", "", f'base = {base_class}.from_pretrained("{base}")',
-        'model = PeftModel.from_pretrained(base, "<this repository id or local folder>")', "```", "",
+        "", "It loads with PEFT alone (peft-gift need not be installed):", "", "```python",
+        *usage_code(facts, adapter=True, plugin=False), "```", "",
         ("Any server that runs PEFT LoRA adapters (vLLM, TGI, LoRAX, ...) can serve it, many adapters per base model "
          "and hot-swapped, without a merged copy of the model per adapter." if not bias else
          "Serving needs LoRA-bias support (PEFT's `lora_bias`), which many LoRA servers lack: check yours, or serve "

@@ -1,11 +1,12 @@
 """The checks every config section shares: :class:`ConfigError` (one line naming the field and what would work), the
-ranges of numeric settings (:data:`BOUNDS`), unknown-key suggestions and the TrainingArguments fields. The bottom of
-the recipes: it imports nothing of theirs."""
+valid values of settings (:data:`BOUNDS`: finite numbers in range, names), unknown-key suggestions and the
+TrainingArguments fields. The bottom of the recipes: it imports nothing of theirs."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
 import re
 import types
@@ -29,6 +30,8 @@ class Bound:
     also: tuple = ()
 
     def holds(self, v) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):  # inf passes every comparison with a finite end: a run of NaN or an OverflowError
+            return False
         if v in self.also:
             return True
         above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
@@ -45,9 +48,33 @@ class Bound:
         return " or ".join([*map(str, self.also), text])
 
 
+FINITE = Bound()  # any finite number: the bound of a float field without a range of its own
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+    """The valid values of a setting that names things (columns, splits, datasets): one string, or a list of
+    ``lo``..``hi`` strings where ``hi`` > 1."""
+
+    lo: int = 1
+    hi: int | None = 1
+
+    def holds(self, v) -> bool:
+        if isinstance(v, str):
+            return bool(v)
+        return (self.hi != 1 and isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+                and self.lo <= len(v) and (self.hi is None or len(v) <= self.hi))
+
+    def __str__(self) -> str:
+        if self.hi == 1:
+            return "a non-empty string"
+        count = f"{self.lo} to {self.hi}" if self.hi is not None else f"at least {self.lo}"
+        return f"a string or a list of {count} strings"
+
+
 POSITIVE, NON_NEGATIVE, AT_LEAST_1, UNIT = Bound(0, lo_open=True), Bound(0), Bound(1), Bound(0, 1)
-# The ranges of the numeric settings, by section: (int or float, Bound). TrainingArguments fields not listed here are
-# still type-checked (numbers, booleans) from TrainingArguments' own annotations.
+# The valid values of settings, by section: (int or float, Bound) or (str, Names). TrainingArguments fields not listed
+# here are still type-checked (finite numbers, booleans) from TrainingArguments' own annotations.
 BOUNDS: dict[str, dict[str, tuple[type, Bound]]] = {
     "training": {
         "num_train_epochs": (float, POSITIVE),
@@ -77,6 +104,9 @@ BOUNDS: dict[str, dict[str, tuple[type, Bound]]] = {
     "data": {
         "seed": (int, NON_NEGATIVE), "max_length": (int, Bound(2)), "image_size": (int, AT_LEAST_1),
         "train_size": (int, AT_LEAST_1), "eval_size": (int, AT_LEAST_1),
+        "dataset": (str, Names(1, None)), "text_columns": (str, Names(1, 2)), "label_column": (str, Names()),
+        "image_column": (str, Names()), "subset": (str, Names()), "train_split": (str, Names()),
+        "eval_split": (str, Names()),
     },
     "quantization": {"llm_int8_threshold": (float, POSITIVE)},
     "lofit": {"k": (int, AT_LEAST_1), "fraction": (float, Bound(0, 1, lo_open=True))},
@@ -85,16 +115,22 @@ BOUNDS: dict[str, dict[str, tuple[type, Bound]]] = {
 
 
 def check_value(value, field: str, kind: type, bound: Bound | None = None):
-    """``value`` if it is a ``kind`` (bool, int or float; ints count as floats) within ``bound``, else ConfigError
-    naming ``field`` and the valid range (strings such as "3" or "yes" are refused)."""
+    """``value`` if it is a ``kind`` (bool, int or float; ints count as floats) within ``bound`` (floats: finite),
+    or names within a :class:`Names` bound (``kind`` str), else ConfigError naming ``field`` and what would be valid
+    (strings such as "3" or "yes" are refused where a number or flag is expected)."""
+    if kind is str:
+        if not bound.holds(value):
+            raise ConfigError(f"{field} must be {bound}, got {value!r} ({type(value).__name__})")
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{field} must be true or false, got {value!r} ({type(value).__name__})")
         return value
     number = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    bound = bound if bound is not None or kind is int else FINITE
     if not number or (bound is not None and not bound.holds(value)):
-        what = "an integer" if kind is int else "a number"
-        valid = f" {bound}" if bound is not None else ""
+        what = "an integer" if kind is int else "a finite number"
+        valid = f" {bound}" if bound is not None and bound != FINITE else ""
         raise ConfigError(f"{field} must be {what}{valid}, got {value!r} ({type(value).__name__})")
     return value
 
@@ -168,4 +204,25 @@ def check_training(training, where: str) -> dict:
     types_ = _training_field_types()
     check_unknown(training, types_, f"{where} (TrainingArguments fields)")
     check_section(training, "training", where, types_)
+    if training.get("report_to") is not None:
+        check_report_to(training["report_to"], f"{where}.report_to")
     return training
+
+
+def check_report_to(value, field: str) -> None:
+    """``report_to`` names "none", "all" or installed reporting integrations: the Trainer would otherwise refuse a
+    missing one only after the model loaded."""
+    from transformers.integrations import integration_utils as hf
+
+    known = sorted(hf.INTEGRATION_TO_CALLBACK)
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{field} must be none, all, or a name or list of names of: {', '.join(known)}; got "
+                          f"{value!r}")
+    available = hf.get_available_reporting_integrations()
+    for name in names:
+        if name not in ("none", "all", *known):
+            raise ConfigError(f"{field}: {name!r} is not a reporting integration; use none, all or {', '.join(known)}")
+        if name in known and name not in available:
+            raise ConfigError(f"{field}: {name!r} is not installed here; install it or use "
+                              f"{', '.join(['none', *available])}")

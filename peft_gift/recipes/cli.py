@@ -22,11 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-lora", action="store_true",
                    help="gift / lofit: also write OUT/lora_export/, the adapter as an equal plain PEFT LoRA adapter "
                         "that any LoRA server can run (peft_gift.export_lora)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run in the output folder (results.json, adapter/, model/, "
+                        "lora_export/, ...: removed before training); without it such a folder is refused")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         with console_logging(sys.stdout):
-            run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub, export_lora=args.export_lora)
+            run(cfg, output_dir=args.output_dir, push_to_hub=args.push_to_hub, export_lora=args.export_lora,
+                overwrite=args.overwrite)
     except ConfigError as e:  # nothing was run
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from .checks import (  # noqa: F401  (ConfigError and check_int are part of this
     config_fields,
 )
 from .methods import METHODS
+from .outputs import check_output_dir  # noqa: F401  (part of this module's API)
 from .tasks import TASKS
 
 TOP_KEYS = ("model", "task", "method", "data", "training", "seed", "output_dir", "quantization", "card")
@@ -180,13 +181,3 @@ def check_card(card) -> dict:
             raise ConfigError(f"card.{key} must be a Hugging Face Hub id such as org/name (published in the model "
                               f"card, so never a local path), got {value!r}")
     return dict(card)
-
-
-def check_output_dir(path) -> Path:
-    """``path`` as a Path, or ConfigError when it names an existing file (everything is written below it)."""
-    p = Path(path)
-    for parent in (p, *p.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"output_dir {str(p)!r}: {str(parent)!r} is a file, not a directory; pass a directory "
-                              f"path (it is created if missing)")
-    return p

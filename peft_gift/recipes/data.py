@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from . import assets
 from .checks import ConfigError
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
+    """The first line of the error; datasets' "An error occurred while generating the dataset" is replaced by the
+    reader's error it wraps."""
+    cause = e.__cause__ or e.__context__
+    if cause is not None and "error occurred while generating" in str(e):
+        return _reason(cause)
     return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+
+
+def _load_file(p: Path):
+    """A data file as a one-split DatasetDict; ConfigError for an empty file, a header without rows or a file its
+    reader refuses (mixed types in a column, a broken line)."""
+    from datasets import load_dataset
+
+    ext = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(p.suffix)
+    if ext is None:
+        raise ConfigError(f"data file {str(p)!r}: unsupported type; use .json/.jsonl/.csv/.parquet or a "
+                          f"save_to_disk dir")
+    if ext != "parquet":
+        with open(p, errors="replace") as f:
+            lines = list(itertools.islice((line for line in f if line.strip()), 2))
+        if len(lines) < (2 if ext == "csv" else 1):
+            what = "only a header line" if lines else "nothing in it"
+            raise ConfigError(f"data file {str(p)!r} has no rows ({what}); data.dataset needs a file with a row per "
+                              f"example")
+    kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
+    try:
+        return load_dataset(ext, data_files={"train": str(p)}, **kw)
+    except Exception as e:  # noqa: BLE001 - the reader's own message is the useful part
+        raise ConfigError(f"data file {str(p)!r} could not be read as {p.suffix[1:]} ({_reason(e)}); data.dataset "
+                          f"needs one example per row with the same type in every row of a column") from None
 
 
 def resolve_model(name: str) -> str:
@@ -67,12 +97,7 @@ def load_raw(name: str, data_cfg: dict):
             ds = DatasetDict({data_cfg.get("train_split") or "train": ds})
         return ds
     if p.is_file():
-        ext = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(p.suffix)
-        if ext is None:
-            raise ConfigError(f"data file {str(p)!r}: unsupported type; use .json/.jsonl/.csv/.parquet or a "
-                              f"save_to_disk dir")
-        kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
-        return load_dataset(ext, data_files={"train": str(p)}, **kw)
+        return _load_file(p)
     if p.exists() or name.startswith((".", "/", "~")):
         raise ConfigError(f"dataset path {name!r} is neither a datasets.save_to_disk directory nor a data file")
     try:
@@ -116,6 +141,9 @@ def split_dataset(ds, name: str, data_cfg: dict, notes: list | None = None):
             n_eval = max(1, total // 5)
         n_train = n_train if n_train is not None else total - n_eval
         n_eval = n_eval if n_eval is not None else total - n_train
+        if n_eval < 1:
+            raise ConfigError(f"data.train_size={n_train} leaves no rows to evaluate on: dataset {name!r} split {tr!r} "
+                              f"has {total} rows, cut into train and eval; set data.train_size below {total}")
         if n_train < 1:
             raise ConfigError(f"dataset {name!r} split {tr!r} has {total} rows: too few to cut a training part from "
                               f"(eval_size={n_eval}); add rows or lower data.eval_size")
@@ -137,6 +165,10 @@ def split_dataset(ds, name: str, data_cfg: dict, notes: list | None = None):
     for key, n, part, split in (("train_size", n_train, train, tr), ("eval_size", n_eval, evl, ev)):
         if n is not None and n > len(part):
             raise ConfigError(f"data.{key}={n} but dataset {name!r} split {split!r} has only {len(part)} rows")
+    for role, part, split in (("train", train, tr), ("eval", evl, ev)):
+        if len(part) == 0:
+            raise ConfigError(f"dataset {name!r} split {split!r} has no rows; set data.{role}_split to a split with "
+                              f"examples")
     train = train.select(range(n_train)) if n_train is not None else train
     evl = evl.select(range(n_eval)) if n_eval is not None else evl
     return train, evl

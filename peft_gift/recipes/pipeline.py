@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .config import ConfigError, check_output_dir, validate_config
+from .config import ConfigError, validate_config
 from .data import load_data, published_model, resolve_model
 from .methods import METHODS, param_counts
+from .outputs import check_output_dir, check_outputs, clear_outputs
 from .report import describe_machine, machine_info, markdown_table
 from .tasks import TASKS, Task
 
@@ -184,9 +185,10 @@ def fit(model, job: Job, out: Optional[Path] = None):
 
 
 def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] = None,
-        export_lora: bool = False) -> dict:
+        export_lora: bool = False, overwrite: bool = False) -> dict:
     """Run one job from a config; write the adapter/model, its card and results.json; return the results dict.
-    With ``export_lora`` (GIFT, LoFiT), also ``OUT/lora_export/``: the adapter as a plain PEFT LoRA adapter.
+    With ``export_lora`` (GIFT, LoFiT), also ``OUT/lora_export/``: the adapter as a plain PEFT LoRA adapter. An
+    output folder holding an earlier run's outputs is refused, or with ``overwrite`` cleared of them before training.
 
     Launched on N processes, each trains on its share of every global batch (N × per_device_train_batch_size) and
     evaluates the whole evaluation split; only the main process logs, saves, writes and pushes, the others wait for
@@ -199,11 +201,15 @@ def run(cfg: dict, output_dir: Optional[str] = None, push_to_hub: Optional[str] 
     out = check_output_dir(output_dir or cfg["output_dir"])
     cfg["output_dir"] = str(out)
     _check_run_options(cfg, push_to_hub, export_lora)
+    earlier = check_outputs(out, overwrite)
     set_seed(int(cfg["seed"]))
     job = prepare(cfg)
     processes = _training_args(job, cfg["training"], out, "train").world_size  # starts torch.distributed if launched
     main = _is_main()
     log = logger.info if main else _silent
+    if earlier and main:
+        clear_outputs(earlier)
+        log(f"--overwrite: removed {', '.join(p.name for p in earlier)} of an earlier run from {out}")
     log(f"model {cfg['model']} -> {job.model_path}; train {len(job.train)}, eval {len(job.eval)} examples"
         + (f"; {processes} processes" if processes > 1 else ""))
     for note in job.split:
@@ -268,6 +274,8 @@ def _train_and_evaluate(job: Job, out: Path, log: Callable[[str], None]):
     saves_adapter = METHODS[cfg["method"]["name"]].saves_adapter
     results["saved_to"] = str(out / ("adapter" if saves_adapter else "model"))
     results["labels"] = getattr(task, "label_names", None)
+    results["num_labels"] = getattr(task, "num_labels", None)
+    results["inputs"] = task.card_inputs()
     results["split"] = job.split
     results["config"] = cfg
     # the published part: what the card says, naming Hub ids and file names, never a path of this machine
@@ -312,8 +320,6 @@ def _push(model, repo: str, out: Path, log) -> None:
 
 def _export_lora(model, folder: Path, facts: dict) -> Path:
     """``peft_gift.export_lora`` of the trained adapter into ``folder``, with a card saying what it is."""
-    import transformers
-
     from ..export import export_lora
     from .card import write_export_card
 
@@ -321,8 +327,7 @@ def _export_lora(model, folder: Path, facts: dict) -> Path:
         lora_config = export_lora(model, str(folder))
     except ValueError as e:
         raise ConfigError(f"--export-lora: {str(e).splitlines()[0]}") from None
-    base_class = type(model.get_base_model()).__name__
-    write_export_card(folder, facts, base_class if hasattr(transformers, base_class) else "AutoModel", lora_config)
+    write_export_card(folder, facts, lora_config)
     return folder
 
 
