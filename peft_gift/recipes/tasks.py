@@ -1,7 +1,8 @@
 """Tasks of the training CLI: one class per task owns its columns, model head, encoding, collator and metrics.
 
-Adding a task is one new :class:`Task` subclass registered in :data:`TASKS`; the config validation, data loading,
-methods and the run code ask the task instead of testing its name.
+Adding a task is one new :class:`~.task_base.Task` subclass registered in :data:`TASKS` (the classification tasks
+live in :mod:`.task_classification`, multiple choice here); the config validation, data loading, methods and the run
+code ask the task instead of testing its name.
 """
 
 from __future__ import annotations
