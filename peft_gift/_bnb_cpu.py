@@ -1,18 +1,28 @@
-"""bitsandbytes' CPU inference layout for 4-bit weights, kept out of models that carry GIFT or LoFiT adapters.
+"""bitsandbytes' CPU inference layout for 4-bit weights, kept out of the base layers of GIFT and LoFiT adapters.
 
 On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight the first time the layer runs in eval
 mode on an input without gradient (``quant_state.packing_format_for_cpu``). That layout computes in bfloat16, passes
-no gradient to the layer's input (so an adapter upstream of it stops training after an evaluation), rounds the
-quantization scales to bfloat16 (bitsandbytes' inverse conversion does not restore them), and PEFT's
-``dequantize_bnb_weight`` reads it as the standard layout (a wrong W for merging). GIFT and LoFiT read W and need
-the gradient through every layer, so adding one of their adapters switches the repacking off on every 4-bit layer
-of the model (``support_avx512bf16_for_cpu = False``, the flag bitsandbytes checks), and refuses a model whose
-weights were already repacked. The training CLI switches it off right after loading a 4-bit base.
+no gradient to the layer's input, rounds the quantization scales to bfloat16 (bitsandbytes' inverse conversion does
+not restore them), and PEFT's ``dequantize_bnb_weight`` reads it as the standard layout (a wrong W for merging).
+
+- The base layers our adapters target: adding an adapter switches the repacking off on them
+  (``support_avx512bf16_for_cpu = False``, the flag bitsandbytes checks; `hold_standard_layout`) and refuses one whose
+  weight was already repacked; removing the last GIFT/LoFiT adapter from a layer (unload, merge_and_unload,
+  delete_adapter) gives the flag its previous value back (`release_standard_layout`).
+- Every other 4-bit layer is left as it is. A repacked one passes no gradient to its input, so adapters before it
+  would silently stop training after an evaluation: the tuners refuse a training forward then
+  (`refuse_training_over_repacked`).
+  `keep_standard_4bit_layout(model)` switches the repacking off on every 4-bit layer of a model for good (the
+  training CLI calls it right after loading a 4-bit base, as it evaluates before training).
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from torch import nn
+
+_PREVIOUS = "_peft_gift_avx512bf16_before"  # on a base layer whose flag an adapter switched off: the value before
 
 
 def _repacked(module: nn.Module) -> bool:
@@ -20,19 +30,51 @@ def _repacked(module: nn.Module) -> bool:
     return bool(getattr(state, "packing_format_for_cpu", False))
 
 
-def keep_standard_4bit_layout(model: nn.Module) -> int:
-    """Switch bitsandbytes' CPU repacking off on every 4-bit layer of ``model``; return how many layers there were.
+def refuse_training_over_repacked(model: nn.Module) -> None:
+    """Raise ``ValueError`` if a layer of ``model`` has a repacked 4-bit weight (no gradient would pass through it to
+    the adapters before it: they would silently stop training)."""
+    if any(_repacked(module) for module in model.modules()):
+        _refuse_repacked(model.named_modules(), "A training step would not reach the adapters before them. Load the "
+                         "model again and call peft_gift._bnb_cpu.keep_standard_4bit_layout(model) before evaluating "
+                         "it (the training CLI does).")
 
-    Raises ``ValueError`` (and changes nothing) if a layer's weight is already in the CPU inference layout."""
-    repacked = [name for name, module in model.named_modules() if _repacked(module)]
+
+def _refuse_repacked(named_layers: Iterable[tuple[str, nn.Module]], fix: str) -> None:
+    repacked = [name for name, module in named_layers if _repacked(module)]
     if repacked:
         raise ValueError(
             f"{len(repacked)} 4-bit layers of this model (e.g. {repacked[0]!r}) were repacked by bitsandbytes for CPU "
             "inference (an eval-mode forward on an AVX512-BF16 CPU): their scales are rounded to bfloat16, they pass "
-            "no gradient to their input and their weights cannot be read back exactly. Load the model again and add "
-            "the adapter before evaluating it; from then on the repacking is switched off."
+            f"no gradient to their input and their weights cannot be read back exactly. {fix}"
         )
+
+
+def keep_standard_4bit_layout(model: nn.Module) -> int:
+    """Switch bitsandbytes' CPU repacking off on every 4-bit layer of ``model`` for good; return how many there were.
+
+    Raises ``ValueError`` (and changes nothing) if a layer's weight is already in the CPU inference layout."""
+    _refuse_repacked(model.named_modules(), "Load the model again and call this before evaluating it.")
     layers = [module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu")]
     for module in layers:
         module.support_avx512bf16_for_cpu = False
     return len(layers)
+
+
+def hold_standard_layout(named_layers: Iterable[tuple[str, nn.Module]]) -> None:
+    """Switch the repacking off on the 4-bit layers among ``named_layers`` (the base layers of an adapter), keeping
+    each flag's previous value for `release_standard_layout`. Raises ``ValueError`` (and changes nothing) if one of
+    them is already repacked."""
+    named_layers = [(name, m) for name, m in named_layers if hasattr(m, "support_avx512bf16_for_cpu")]
+    _refuse_repacked(named_layers, "Load the model again and add the adapter before evaluating it; from then on the "
+                                   "repacking is switched off on the layers it adapts.")
+    for _, module in named_layers:
+        module.__dict__.setdefault(_PREVIOUS, module.support_avx512bf16_for_cpu)
+        module.support_avx512bf16_for_cpu = False
+
+
+def release_standard_layout(model: nn.Module, in_use: set[int]) -> None:
+    """Give every layer of ``model`` that `hold_standard_layout` switched off and whose id is not in ``in_use`` (the
+    base layers still adapted) its previous flag back."""
+    for module in model.modules():
+        if _PREVIOUS in module.__dict__ and id(module) not in in_use:
+            module.support_avx512bf16_for_cpu = module.__dict__.pop(_PREVIOUS)

@@ -39,7 +39,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from .input_edit import InputEditLayer
 from .targets import candidate_modules
-from .tuner import InputEditTuner, injection
+from .tuner import InputEditTuner, injection, release_4bit_layout
 
 # What this module reads, extends or replaces in PEFT (0.21, 0.22). A release that renames one of them switches mixed
 # support off (with a warning), instead of silently changing how mixed models behave.
@@ -152,6 +152,7 @@ class MixedModel(PeftMixedTuner):
         for name, tuner in tuners.items():
             if tuner is not None:
                 tuner._delete_own_state(self, name)
+        release_4bit_layout(self.model)
 
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
                                      adapter_names: Optional[list[str]] = None):
@@ -169,8 +170,10 @@ class MixedModel(PeftMixedTuner):
                         parent, _, child = name.rpartition(".")
                         self._replace_module(self.model.get_submodule(parent), child, chain[0].get_base_layer(),
                                              chain[0])
-            return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge,
-                                                        adapter_names=adapter_names)
+            model = super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge,
+                                                         adapter_names=adapter_names)
+        release_4bit_layout(self.model)
+        return model
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         """Merge nested layers inside out (`_merge_inside_out`); a nest of PEFT's own layers only merges as PEFT

@@ -5,12 +5,13 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Iterator
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from ._bnb_cpu import keep_standard_4bit_layout
+from ._bnb_cpu import hold_standard_layout, refuse_training_over_repacked, release_standard_layout
 from ._checked_load import check_adapter_state_dict, note_injection, snapshot_base_state
-from .input_edit import adapter_names_hooks
+from .input_edit import InputEditLayer, adapter_names_hooks
 from .targets import default_targets, match_target
 
 
@@ -70,10 +71,13 @@ class InputEditTuner(BaseTuner):
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         self._delete_own_state(self, adapter_name)
+        release_4bit_layout(self.model)
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
         with self._unloading(self.model):
-            return super()._unload_and_optionally_merge(*args, **kwargs)
+            model = super()._unload_and_optionally_merge(*args, **kwargs)
+        release_4bit_layout(self.model)
+        return model
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
         # Our layers keep the base layer and create their tensors on its device, so replacing is just that. PEFT's
@@ -82,7 +86,10 @@ class InputEditTuner(BaseTuner):
         setattr(parent, child_name, new_module)
 
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample."""
+        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample. A training forward
+        is refused over a 4-bit layer repacked for CPU inference (`peft_gift._bnb_cpu`)."""
+        if self.training and torch.is_grad_enabled():
+            refuse_training_over_repacked(self.model)
         return adapter_names_hooks(self, self.tuner_layer_cls, *args, **kwargs)
 
     @classmethod
@@ -100,9 +107,8 @@ class InputEditTuner(BaseTuner):
 def injection(tuner_cls: type[InputEditTuner], tuner: BaseTuner, model: nn.Module, adapter_name: str):
     """Wrap ``tuner``'s generic `BaseTuner.inject_adapter` of an adapter of method ``tuner_cls``: note which loading
     call creates it (checked loading), fill in default targets, run the method's checks and clean-up
-    (`InputEditTuner._injecting`), roll the layers back if the injection fails, tag the model. A 4-bit base keeps
-    bitsandbytes' standard layout (`peft_gift._bnb_cpu`)."""
-    keep_standard_4bit_layout(model)
+    (`InputEditTuner._injecting`), roll the layers back if the injection fails, tag the model. The 4-bit layers the
+    adapter adapts keep bitsandbytes' standard layout (`peft_gift._bnb_cpu`)."""
     note_injection(tuner, adapter_name)
     if len(tuner.peft_config) == 1:  # what a failed first load restores
         snapshot_base_state(tuner, model)
@@ -111,6 +117,9 @@ def injection(tuner_cls: type[InputEditTuner], tuner: BaseTuner, model: nn.Modul
     with tuner_cls._injecting(tuner, model, config, adapter_name):
         try:
             yield
+            hold_standard_layout((name, layer.get_base_layer()) for name, layer in model.named_modules()
+                                 if isinstance(layer, tuner_cls.tuner_layer_cls)
+                                 and adapter_name in layer._all_available_adapter_names())
         except BaseException:
             _remove_from_layers(tuner_cls.tuner_layer_cls, model, adapter_name, existing)
             raise
@@ -129,3 +138,10 @@ def _remove_from_layers(layer_cls: type, model: nn.Module, adapter_name: str, ex
         else:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.base_layer)
+
+
+def release_4bit_layout(model: nn.Module) -> None:
+    """Give the 4-bit base layers that no GIFT/LoFiT adapter adapts any more bitsandbytes' repacking flag back."""
+    in_use = {id(layer.get_base_layer()) for layer in model.modules()
+              if isinstance(layer, InputEditLayer) and layer._all_available_adapter_names()}
+    release_standard_layout(model, in_use)
