@@ -11,16 +11,13 @@ import tempfile
 
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 import peft_gift
+from peft_gift.bench.tiny import tiny_causal_lm  # from the wheel too (it ships peft_gift*)
 
 
 def tiny_llama():
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64)).eval()
+    return tiny_causal_lm("llama", seed=0).eval()
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-2 / ZeRO-3 through the HF Trainer on CPU (DeepSpeed's CPU accelerator, gloo, 2 ranks).
 
-`scripts/deepspeed_check.py` trains 3 AdamW steps on a fixed global batch of 4 (2 per rank) with the Trainer and
+`scripts/deepspeed_check.py` (peft_gift/bench/deepspeed_check.py) trains 3 AdamW steps on a fixed global batch of 4 (2 per rank) with the Trainer and
 ``TrainingArguments(deepspeed=configs/deepspeed/zero<stage>.json)``, gathers every trainable tensor and saves the
 adapter with ``trainer.save_model``; the single-process run with a plain Trainer is the reference. ZeRO-3 partitions
 every parameter (persistence threshold 0), GIFT's shared Θ on the tuner included. Skipped without deepspeed.
@@ -19,6 +19,8 @@ import torch
 pytest.importorskip("deepspeed")
 
 from safetensors.torch import load_file  # noqa: E402
+
+from peft_gift.bench import deepspeed_check  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "deepspeed_check.py")
@@ -74,11 +76,6 @@ def _info(out, method, tag):
 
 
 def _initial(method):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import deepspeed_check
-    finally:
-        sys.path.pop(0)
     model = deepspeed_check.build(method)
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -107,18 +104,11 @@ def _check_matches_reference(out, method, tag, reference_method=None, stage=3):
 
 def _check_saved_adapter_loads(out, method, tag, trained):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     import peft_gift  # noqa: F401
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import deepspeed_check
-    finally:
-        sys.path.pop(0)
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(deepspeed_check.base_config())
-    model = PeftModel.from_pretrained(base, os.path.join(out, f"{method}-{tag}"))  # strict: raises on a mismatch
+    # strict: raises on a mismatch
+    model = PeftModel.from_pretrained(deepspeed_check.build_base(), os.path.join(out, f"{method}-{tag}"))
     loaded = {n: p.detach() for n, p in model.named_parameters() if n in trained}
     assert loaded.keys() == trained.keys()
     for key, value in trained.items():

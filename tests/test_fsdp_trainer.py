@@ -1,7 +1,7 @@
 """FSDP2 through accelerate's plugin and the HF Trainer on CPU (gloo, 2 ranks, 2 accumulated micro-batches per step):
 GIFT and LoFiT stage 1 (L1 term).
 
-`scripts/fsdp_trainer_check.py` trains 3 AdamW steps on a fixed global batch of 4 with the Trainer and saves the
+`scripts/fsdp_trainer_check.py` (peft_gift/bench/fsdp_trainer_check.py) trains 3 AdamW steps on a fixed global batch of 4 with the Trainer and saves the
 adapter with ``trainer.save_model`` (FSDP2: full state dict gathered, written by rank 0); the single-process run is
 the reference. Also: `peft_gift.fsdp.check_fsdp_wrapping` refuses a model whose Θ is in no FSDP unit.
 """
@@ -17,6 +17,8 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from peft_gift.bench.fsdp_trainer_check import build, build_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "fsdp_trainer_check.py")
@@ -52,14 +54,9 @@ def _adapter(out, method, tag):
 
 
 def _initial(method):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import fsdp_trainer_check
-    finally:
-        sys.path.pop(0)
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(fsdp_trainer_check.build(method)).items()}
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(build(method)).items()}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -80,15 +77,10 @@ def test_trainer_fsdp2_matches_single_process(runs, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_adapter_saved_under_fsdp2_loads(runs, method):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
     import peft_gift  # noqa: F401
 
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False))
-    model = PeftModel.from_pretrained(base, os.path.join(runs, f"{method}-fsdp2"))  # strict: raises on any mismatch
+    model = PeftModel.from_pretrained(build_base(), os.path.join(runs, f"{method}-fsdp2"))  # strict: raises on any mismatch
     saved = _adapter(runs, method, "fsdp2")
     from peft import get_peft_model_state_dict
 
@@ -124,17 +116,13 @@ def test_check_fsdp_wrapping_refuses_theta_outside_every_unit():
     import torch.distributed as dist
     from peft import get_peft_model
     from torch.distributed.fsdp import fully_shard
-    from transformers import AutoModelForCausalLM, LlamaConfig, TrainerControl, TrainerState, TrainingArguments
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
     import peft_gift
     from peft_gift.fsdp import FsdpWrappingCheck, check_fsdp_wrapping, unsynchronised_parameters
 
     def model():
-        torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_config(LlamaConfig(
-            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False))
-        return get_peft_model(base, peft_gift.GiftConfig(r=4))
+        return get_peft_model(build_base(), peft_gift.GiftConfig(r=4))
 
     started = not dist.is_initialized()
     if started:

@@ -1,6 +1,6 @@
-"""scripts/gpu_check.py: the CPU smoke run (``--device cpu --tiny``) passes every check that runs on the CPU and
-records the CUDA-only one as skipped; the checks record failures without stopping the others, and detect a broken
-merge; the device-map split code runs with both halves on the CPU."""
+"""scripts/gpu_check.py (peft_gift/bench/gpu_check.py): the CPU smoke run (``--device cpu --tiny``) passes every
+check that runs on the CPU and records the CUDA-only one as skipped; the checks record failures without stopping the
+others, and detect a broken merge; the device-map split code runs with both halves on the CPU."""
 
 from __future__ import annotations
 
@@ -13,22 +13,17 @@ import sys
 import pytest
 import torch
 
+from peft_gift.bench.gpu_check import markdown, run_checks
+from peft_gift.bench.gpu_checks import check_device_map_split, check_merge
+from peft_gift.bench.gpu_setup import CHECKS, Setup, Skip
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.py")
 CUDA_ONLY = {"device_map_split"}
 
 
-def _gpu_check():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.pop(0)
-    return gpu_check
-
-
 def _tiny_setup():
-    return _gpu_check().Setup("cpu", tiny=True, reps=1, warmup=0)
+    return Setup("cpu", tiny=True, reps=1, warmup=0)
 
 
 def test_cpu_tiny_run_passes_every_cpu_check(tmp_path):
@@ -38,7 +33,7 @@ def test_cpu_tiny_run_passes_every_cpu_check(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = report["checks"]
-    assert set(checks) == set(_gpu_check().CHECKS)
+    assert set(checks) == set(CHECKS)
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     for name, result in checks.items():
         if name in CUDA_ONLY:
@@ -53,27 +48,25 @@ def test_cpu_tiny_run_passes_every_cpu_check(tmp_path):
     assert [bench[m]["trainable_params"] for m in bench] == [0, 4096, 32, 2 * (8 * 256 + 8 * 192)]
     assert all(r["step_ms_median"] > 0 and r["loss_finite"] and r["peak_mib"] is None for r in bench.values())
     assert checks["compile"]["graph_breaks"] == 0
-    markdown = (tmp_path / "gpu_check.md").read_text()
-    assert "| merge | pass |" in markdown and "| device_map_split | skip |" in markdown
-    assert "| gift | 4,096 |" in markdown
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| merge | pass |" in table and "| device_map_split | skip |" in table
+    assert "| gift | 4,096 |" in table
 
 
 def test_failing_check_does_not_stop_the_others():
-    gpu_check = _gpu_check()
-
     def boom(setup):
         raise RuntimeError("broken on purpose")
 
     def skipped(setup):
-        raise gpu_check.Skip("not here")
+        raise Skip("not here")
 
     checks = {"a": boom, "b": skipped, "c": lambda setup: {"passed": True, "x": 1.0},
               "d": lambda setup: {"passed": False}}
-    results = gpu_check.run_checks(_tiny_setup(), list(checks), functions=checks, log=lambda *a: None)
+    results = run_checks(_tiny_setup(), list(checks), functions=checks, log=lambda *a: None)
     assert [results[n]["status"] for n in checks] == ["fail", "skip", "pass", "fail"]
     assert results["a"]["error"] == "RuntimeError: broken on purpose" and "boom" in results["a"]["traceback"]
     assert results["b"]["reason"] == "not here" and results["c"]["x"] == 1.0
-    assert "| a | fail | RuntimeError: broken on purpose |" in gpu_check.markdown(
+    assert "| a | fail | RuntimeError: broken on purpose |" in markdown(
         {"machine": {}, "seconds": 0.0, "checks": results})
 
 
@@ -86,7 +79,7 @@ def test_merge_check_detects_a_merge_that_does_not_change_the_weights(monkeypatc
         self.merged_adapters.extend(check_adapters_to_merge(self, adapter_names))
 
     monkeypatch.setattr(GiftLayer, "merge", no_op_merge)
-    result = _gpu_check().check_merge(_tiny_setup())
+    result = check_merge(_tiny_setup())
     gift = result["methods"]["gift"]
     assert not result["passed"] and not gift["passed"]
     assert gift["merged_vs_unmerged"] == pytest.approx(gift["adapter_effect"]) and gift["adapter_effect"] > 0.01
@@ -95,7 +88,7 @@ def test_merge_check_detects_a_merge_that_does_not_change_the_weights(monkeypatc
 
 def test_device_map_split_code_runs_with_both_halves_on_cpu():
     """The CUDA check's code (dispatch_model with hooks, forward, backward to Θ, merge) with cpu for both devices."""
-    result = _gpu_check().check_device_map_split(_tiny_setup(), devices=("cpu", "cpu"))
+    result = check_device_map_split(_tiny_setup(), devices=("cpu", "cpu"))
     assert result["passed"], result
     assert result["theta_grads_nonzero"] and result["theta_devices"] == ["cpu"]
     assert result["logits_max_diff"] == 0.0 and result["merged_vs_unmerged"] < 1e-4

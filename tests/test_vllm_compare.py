@@ -1,10 +1,10 @@
-"""scripts/vllm_compare.py without vLLM: the ``compare`` step on synthetic outputs (its exit code gates
-scripts/check_vllm.sh) and the ``prepare`` step on a tiny random Llama with a word-level tokenizer."""
+"""scripts/vllm_compare.py (peft_gift/bench/vllm_compare.py, vllm_prepare.py) without vLLM: the ``compare`` step on
+synthetic outputs (its exit code gates scripts/check_vllm.sh), the ``prepare`` step on a tiny random Llama with a
+word-level tokenizer, and the steps that run outside the project venv needing nothing of it."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +12,11 @@ import sys
 
 import pytest
 
+from peft_gift.bench.vllm_compare import compare, token_match
+from peft_gift.bench.vllm_prepare import prepare
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "vllm_compare.py")
-
-
-@pytest.fixture(scope="module")
-def vc():
-    spec = importlib.util.spec_from_file_location("vllm_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write(folder, name, engine, dtype, outputs):
@@ -30,17 +25,18 @@ def _write(folder, name, engine, dtype, outputs):
 
 
 def _compare_cli(folder):
-    """The step as check_vllm.sh runs it: a separate interpreter, stdlib only."""
-    return subprocess.run([sys.executable, SCRIPT, "compare", "--out", str(folder)], capture_output=True, text=True,
-                          timeout=60)
+    """The step as check_vllm.sh runs it: a separate interpreter, stdlib only (``-S``: no site-packages, so neither
+    peft_gift's dependencies nor an installed peft_gift)."""
+    return subprocess.run([sys.executable, "-S", SCRIPT, "compare", "--out", str(folder)], capture_output=True,
+                          text=True, timeout=60)
 
 
 BASE = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]]
 GIFT = [[1, 2, 30, 40], [5, 60, 7, 8], [9, 9, 9, 9]]
 
 
-def test_match_counts_and_first_divergence(vc):
-    m = vc._match(BASE, [[1, 2, 3, 4], [5, 6, 0, 8], [9, 9, 9]])
+def test_match_counts_and_first_divergence():
+    m = token_match(BASE, [[1, 2, 3, 4], [5, 6, 0, 8], [9, 9, 9]])
     assert m["exact"] == 1 and m["n"] == 3
     assert m["first_divergence"] == {"1": 2, "2": 3}  # a shorter sequence diverges where it ends
     assert (m["tokens_equal"], m["tokens"]) == (10, 12)
@@ -74,17 +70,25 @@ def test_compare_one_token_off_exit_1(tmp_path, which):
     assert comps[label]["exact"] == 2 and comps[label]["first_divergence"] == {"2": 3}
 
 
-def test_compare_without_float32_vllm_run_exit_1(vc, tmp_path):
+def test_compare_without_float32_vllm_run_exit_1(tmp_path):
     """Only float32 is gated: a bfloat16-only (or missing) vLLM run cannot pass; bf16 rows are still reported,
     also against the float32 reference."""
     _write(tmp_path, "peft_float32", "transformers+peft", "float32", {"base": BASE, "gift": GIFT, "lora_peft": GIFT})
-    assert vc.compare(argparse.Namespace(out=str(tmp_path))) == 1
+    assert compare(argparse.Namespace(out=str(tmp_path))) == 1
     _write(tmp_path, "peft_bfloat16", "transformers+peft", "bfloat16", {"base": BASE, "gift": GIFT, "lora_peft": GIFT})
     _write(tmp_path, "vllm_bfloat16", "vllm", "bfloat16", {"base": BASE, "lora_vllm": GIFT})
-    assert vc.compare(argparse.Namespace(out=str(tmp_path))) == 1
+    assert compare(argparse.Namespace(out=str(tmp_path))) == 1
     comps = json.loads((tmp_path / "summary.json").read_text())["comparisons"]
     assert comps["GIFT: vLLM LoRA bfloat16 vs PEFT GIFT float32"]["exact"] == 3
     assert comps["GIFT: vLLM LoRA bfloat16 vs PEFT GIFT bfloat16"]["exact"] == 3
+
+
+def test_vllm_step_needs_only_vllm():
+    """In vLLM's venv (no peft, no peft_gift) the ``vllm`` step gets as far as importing vLLM: here, with the standard
+    library only (``-S``), that import is the first thing that fails."""
+    proc = subprocess.run([sys.executable, "-S", SCRIPT, "vllm", "--out", "unused"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "No module named 'vllm'" in proc.stderr, proc.stderr[-2000:]
 
 
 def _tiny_base(folder):
@@ -105,12 +109,12 @@ def _tiny_base(folder):
     tok.save_pretrained(str(folder))
 
 
-def test_prepare_on_tiny_llama_then_compare(vc, tmp_path):
+def test_prepare_on_tiny_llama_then_compare(tmp_path):
     base, out = tmp_path / "tiny", tmp_path / "out"
     _tiny_base(base)
     args = argparse.Namespace(out=str(out), base=str(base), n=2, r=4, std=0.5, seed=0, max_new_tokens=5,
                               dtypes="float32")
-    vc.prepare(args)
+    prepare(args)
     assert (out / "base").resolve() == base.resolve()
     prompts = json.loads((out / "prompts.json").read_text())
     assert len(prompts["token_ids"]) == 2 and all(ids and 0 not in ids for ids in prompts["token_ids"])  # no <unk>
@@ -124,4 +128,15 @@ def test_prepare_on_tiny_llama_then_compare(vc, tmp_path):
     # a vLLM run that reproduced PEFT exactly passes the gate
     _write(out, "vllm_float32", "vllm", "float32",
            {"base": run["outputs"]["base"], "lora_vllm": run["outputs"]["gift"]})
-    assert vc.compare(argparse.Namespace(out=str(out))) == 0
+    assert compare(argparse.Namespace(out=str(out))) == 0
+
+
+def test_prepare_step_runs_only_with_the_package(tmp_path, capsys):
+    """The standalone module refuses ``prepare`` unless given the step (it must not import peft_gift itself);
+    `vllm_prepare.main` is the whole command with it."""
+    from peft_gift.bench import vllm_compare, vllm_prepare
+
+    with pytest.raises(SystemExit) as exit_:
+        vllm_compare.main(["prepare", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "vllm_prepare.main" in capsys.readouterr().err
+    assert vllm_prepare.main(["compare", "--out", str(tmp_path)]) == 1  # no runs to compare: the gate fails

@@ -1,4 +1,9 @@
-"""Tiny random transformers models shared by the tests (CPU, seconds)."""
+"""Tiny random transformers models shared by the tests (CPU, seconds).
+
+Built from transformers alone, never importing peft_gift: fresh processes that must not import the plugin build
+their models here (tests/test_export.py loads the LoRA exports with plain PEFT; tests/test_architecture.py runs PEFT
+with and without it). The package's factory, `peft_gift.bench.tiny.tiny_causal_lm`, builds the same decoders with
+the same defaults and seeds; tests/test_tiny_factory.py holds the two to bit-identical weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tiny random checkpoints, word tokenizers and synthetic datasets for the smoke modes (``--quick``, ``--smoke``)."""
+"""Tiny random models, checkpoints, word tokenizers and synthetic datasets for the smoke modes (``--quick``,
+``--smoke``), the distributed and GPU checks and the tests: `tiny_causal_lm` is the one factory of tiny decoders."""
 
 from __future__ import annotations
 
@@ -6,6 +7,46 @@ import random
 from pathlib import Path
 
 import torch
+
+# the shape every tiny decoder has unless told otherwise: 2 layers, hidden 64, 4 heads of 16, 2 KV heads (GQA)
+TINY_DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+# family -> (transformers config class, what the family adds to TINY_DECODER)
+FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"pad_token_id": 0, "sliding_window": 32}),  # a window longer than tiny inputs
+    "qwen2": ("Qwen2Config", {"pad_token_id": 0}),  # q/k/v with bias, o_proj without
+    # Gemma needs head_dim given (4 heads · 16 = hidden 64); one KV head (MQA)
+    "gemma": ("GemmaConfig", {"pad_token_id": 0, "head_dim": 16, "num_key_value_heads": 1}),
+}
+
+
+def tiny_config(family: str = "llama", **overrides):
+    """The transformers config of a tiny ``family`` decoder: `TINY_DECODER`, the family's additions, then
+    ``overrides`` (transformers' own names: ``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``num_key_value_heads``, ``head_dim``, ``vocab_size``, ``intermediate_size``, ``max_position_embeddings``,
+    ``tie_word_embeddings``, ``pad_token_id``, ...)."""
+    import transformers
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    config_class, extra = FAMILIES[family]
+    return getattr(transformers, config_class)(**{**TINY_DECODER, **extra, **overrides})
+
+
+def tiny_causal_lm(family: str = "llama", *, seed: int | None = 0, device=None, **overrides):
+    """A random-init causal LM of ``family`` (`tiny_config`'s shape; ``overrides`` as there, any size), built after
+    ``torch.manual_seed(seed)`` (``seed=None``: from the current random state) directly on ``device`` (default: the
+    CPU). In float32 and in training mode, as ``from_config`` gives it; callers choose ``.eval()``, dtype and freezing."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(family, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if device is None:
+        return AutoModelForCausalLM.from_config(config)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def word_tokenizer(vocab_size: int, bert: bool = False):
@@ -49,7 +90,7 @@ def _mc_row(g: random.Random, vocab: int) -> dict:
 def quick_assets(root: Path, vocab: int = 64) -> dict:
     """Tiny BERT / Llama checkpoints with word tokenizers and synthetic datasets under ``root``."""
     from datasets import Dataset, DatasetDict
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, LlamaConfig
+    from transformers import AutoModelForSequenceClassification, BertConfig
 
     g = random.Random(0)
     torch.manual_seed(0)
@@ -58,9 +99,8 @@ def quick_assets(root: Path, vocab: int = 64) -> dict:
         max_position_embeddings=32, num_labels=2))
     bert.save_pretrained(root / "bert")
     word_tokenizer(vocab, bert=True).save_pretrained(root / "bert")
-    llama = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=4))
+    llama = tiny_causal_lm("llama", seed=None, vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                           pad_token_id=0, eos_token_id=4)
     llama.save_pretrained(root / "llama")
     word_tokenizer(vocab, bert=False).save_pretrained(root / "llama")
     DatasetDict({"validation": Dataset.from_list([_cls_row(g, vocab) for _ in range(128)])}).save_to_disk(root / "cls")
