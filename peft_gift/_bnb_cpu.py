@@ -1,19 +1,18 @@
-"""bitsandbytes' CPU inference layout for 4-bit weights, kept out of the base layers of GIFT and LoFiT adapters.
+"""bitsandbytes' CPU inference layout for 4-bit weights, kept out of models that carry GIFT or LoFiT adapters.
 
 On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight the first time the layer runs in eval
 mode on an input without gradient (``quant_state.packing_format_for_cpu``). That layout computes in bfloat16, passes
-no gradient to the layer's input, rounds the quantization scales to bfloat16 (bitsandbytes' inverse conversion does
-not restore them), and PEFT's ``dequantize_bnb_weight`` reads it as the standard layout (a wrong W for merging).
+no gradient to the layer's input (so every adapter before the layer stops training after an evaluation), rounds the
+quantization scales to bfloat16 (bitsandbytes' inverse conversion does not restore them), and PEFT's
+``dequantize_bnb_weight`` reads it as the standard layout (a wrong W for merging).
 
-- The base layers our adapters target: adding an adapter switches the repacking off on them
-  (``support_avx512bf16_for_cpu = False``, the flag bitsandbytes checks; `hold_standard_layout`) and refuses one whose
-  weight was already repacked; removing the last GIFT/LoFiT adapter from a layer (unload, merge_and_unload,
-  delete_adapter) gives the flag its previous value back (`release_standard_layout`).
-- Every other 4-bit layer is left as it is. A repacked one passes no gradient to its input, so adapters before it
-  would silently stop training after an evaluation: the tuners refuse a training forward then
-  (`refuse_training_over_repacked`).
-  `keep_standard_4bit_layout(model)` switches the repacking off on every 4-bit layer of a model for good (the
-  training CLI calls it right after loading a 4-bit base, as it evaluates before training).
+So while a model carries a GIFT or LoFiT adapter, the repacking is switched off on every 4-bit layer of that model
+(``support_avx512bf16_for_cpu = False``, the flag bitsandbytes checks; `hold_standard_layout`): the gradient must
+pass through all of them to reach the adapters, not only through the adapted ones. Adding an adapter to a model with
+an already repacked layer is refused. Removing the model's last GIFT/LoFiT adapter (unload, merge_and_unload,
+delete_adapter) gives every flag its previous value back (`release_standard_layout`); other models are never touched.
+`keep_standard_4bit_layout(model)` switches it off for good (the training CLI calls it right after loading a 4-bit
+base, as it evaluates before adding the adapter).
 """
 
 from __future__ import annotations
@@ -22,21 +21,12 @@ from typing import Iterable
 
 from torch import nn
 
-_PREVIOUS = "_peft_gift_avx512bf16_before"  # on a base layer whose flag an adapter switched off: the value before
+_PREVIOUS = "_peft_gift_avx512bf16_before"  # on a 4-bit layer whose flag an adapter switched off: the value before
 
 
 def _repacked(module: nn.Module) -> bool:
     state = getattr(getattr(module, "weight", None), "quant_state", None)
     return bool(getattr(state, "packing_format_for_cpu", False))
-
-
-def refuse_training_over_repacked(model: nn.Module) -> None:
-    """Raise ``ValueError`` if a layer of ``model`` has a repacked 4-bit weight (no gradient would pass through it to
-    the adapters before it: they would silently stop training)."""
-    if any(_repacked(module) for module in model.modules()):
-        _refuse_repacked(model.named_modules(), "A training step would not reach the adapters before them. Load the "
-                         "model again and call peft_gift._bnb_cpu.keep_standard_4bit_layout(model) before evaluating "
-                         "it (the training CLI does).")
 
 
 def _refuse_repacked(named_layers: Iterable[tuple[str, nn.Module]], fix: str) -> None:
@@ -60,21 +50,19 @@ def keep_standard_4bit_layout(model: nn.Module) -> int:
     return len(layers)
 
 
-def hold_standard_layout(named_layers: Iterable[tuple[str, nn.Module]]) -> None:
-    """Switch the repacking off on the 4-bit layers among ``named_layers`` (the base layers of an adapter), keeping
-    each flag's previous value for `release_standard_layout`. Raises ``ValueError`` (and changes nothing) if one of
-    them is already repacked."""
-    named_layers = [(name, m) for name, m in named_layers if hasattr(m, "support_avx512bf16_for_cpu")]
+def hold_standard_layout(model: nn.Module) -> None:
+    """Switch the repacking off on every 4-bit layer of ``model`` (which gets an adapter), keeping each flag's previous
+    value for `release_standard_layout`. Raises ``ValueError`` (and changes nothing) if one is already repacked."""
+    named_layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     _refuse_repacked(named_layers, "Load the model again and add the adapter before evaluating it; from then on the "
-                                   "repacking is switched off on the layers it adapts.")
+                                   "repacking is switched off until the model's last GIFT/LoFiT adapter is removed.")
     for _, module in named_layers:
         module.__dict__.setdefault(_PREVIOUS, module.support_avx512bf16_for_cpu)
         module.support_avx512bf16_for_cpu = False
 
 
-def release_standard_layout(model: nn.Module, in_use: set[int]) -> None:
-    """Give every layer of ``model`` that `hold_standard_layout` switched off and whose id is not in ``in_use`` (the
-    base layers still adapted) its previous flag back."""
+def release_standard_layout(model: nn.Module) -> None:
+    """Give every layer of ``model`` that `hold_standard_layout` switched off its previous flag back."""
     for module in model.modules():
-        if _PREVIOUS in module.__dict__ and id(module) not in in_use:
+        if _PREVIOUS in module.__dict__:
             module.support_avx512bf16_for_cpu = module.__dict__.pop(_PREVIOUS)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Iterator
 
-import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from ._bnb_cpu import hold_standard_layout, refuse_training_over_repacked, release_standard_layout
+from ._bnb_cpu import hold_standard_layout, release_standard_layout
 from ._checked_load import check_adapter_state_dict, note_injection, snapshot_base_state
 from .input_edit import InputEditLayer, adapter_names_hooks
 from .targets import default_targets, match_target
@@ -86,10 +85,7 @@ class InputEditTuner(BaseTuner):
         setattr(parent, child_name, new_module)
 
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample. A training forward
-        is refused over a 4-bit layer repacked for CPU inference (`peft_gift._bnb_cpu`)."""
-        if self.training and torch.is_grad_enabled():
-            refuse_training_over_repacked(self.model)
+        """Mixed-adapter batches: ``model(..., adapter_names=[...])`` picks one adapter per sample."""
         return adapter_names_hooks(self, self.tuner_layer_cls, *args, **kwargs)
 
     @classmethod
@@ -107,21 +103,20 @@ class InputEditTuner(BaseTuner):
 def injection(tuner_cls: type[InputEditTuner], tuner: BaseTuner, model: nn.Module, adapter_name: str):
     """Wrap ``tuner``'s generic `BaseTuner.inject_adapter` of an adapter of method ``tuner_cls``: note which loading
     call creates it (checked loading), fill in default targets, run the method's checks and clean-up
-    (`InputEditTuner._injecting`), roll the layers back if the injection fails, tag the model. The 4-bit layers the
-    adapter adapts keep bitsandbytes' standard layout (`peft_gift._bnb_cpu`)."""
+    (`InputEditTuner._injecting`), roll the layers back if the injection fails, tag the model. The model's 4-bit layers
+    keep bitsandbytes' standard layout while it carries an adapter (`peft_gift._bnb_cpu`)."""
     note_injection(tuner, adapter_name)
     if len(tuner.peft_config) == 1:  # what a failed first load restores
         snapshot_base_state(tuner, model)
     config = tuner_cls._prepare_adapter_config(tuner.peft_config[adapter_name], tuner.get_model_config(model))
     existing = {id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)}
     with tuner_cls._injecting(tuner, model, config, adapter_name):
+        hold_standard_layout(model)  # refuses a repacked 4-bit layer before anything changes
         try:
             yield
-            hold_standard_layout((name, layer.get_base_layer()) for name, layer in model.named_modules()
-                                 if isinstance(layer, tuner_cls.tuner_layer_cls)
-                                 and adapter_name in layer._all_available_adapter_names())
         except BaseException:
             _remove_from_layers(tuner_cls.tuner_layer_cls, model, adapter_name, existing)
+            release_4bit_layout(model)
             raise
     if hasattr(model, "add_model_tags"):
         model.add_model_tags([tuner_cls.method_name.lower()])
@@ -141,7 +136,6 @@ def _remove_from_layers(layer_cls: type, model: nn.Module, adapter_name: str, ex
 
 
 def release_4bit_layout(model: nn.Module) -> None:
-    """Give the 4-bit base layers that no GIFT/LoFiT adapter adapts any more bitsandbytes' repacking flag back."""
-    in_use = {id(layer.get_base_layer()) for layer in model.modules()
-              if isinstance(layer, InputEditLayer) and layer._all_available_adapter_names()}
-    release_standard_layout(model, in_use)
+    """Once ``model`` carries no GIFT/LoFiT adapter any more, give its 4-bit layers bitsandbytes' repacking flag back."""
+    if not any(isinstance(layer, InputEditLayer) and layer._all_available_adapter_names() for layer in model.modules()):
+        release_standard_layout(model)
