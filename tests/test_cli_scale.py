@@ -86,7 +86,9 @@ def test_launched_on_cpus_the_training_arguments_start_gloo(monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", world)
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         pipeline._training_args(job, {}, None, "train")
-        assert seen.pop().get("use_cpu") is use_cpu, (world, cuda)
+        args = seen.pop()
+        assert args.get("use_cpu") is use_cpu, (world, cuda)
+        assert args["ddp_find_unused_parameters"] is False
 
 
 def test_a_process_other_than_the_main_one_prints_and_writes_nothing(job, tmp_path, monkeypatch, capsys):
@@ -124,6 +126,7 @@ def test_two_processes_share_the_global_batch_and_one_writes(job, tmp_path):
          "--main_process_port", str(29600 + os.getpid() % 1000), os.path.join(ROOT, "scripts", "train.py"), str(job),
          "--output-dir", str(out)], capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "find_unused_parameters" not in proc.stderr  # every trained tensor takes part: DDP is told so
     two = json.loads((out / "results.json").read_text())
     assert two["processes"] == 2
     assert two["eval_examples"] == 24 and two["train_examples"] == 64

@@ -145,7 +145,7 @@ class Lofit(PeftMethod):
         if ctx.out is not None and ctx.main:  # one writer when launched on several processes
             from ..hub import write_model_card
 
-            m1.save_pretrained(ctx.out / "stage1_adapter")  # the scales behind the selection (head maps)
+            m1.save_pretrained(ctx.out / "stage1_adapter", save_embedding_layers=False)  # the scales behind the selection (head maps)
             write_model_card(m1, str(ctx.out / "stage1_adapter"))
         cfg2 = self.stage2_config(params, task, m1, heads, cfg1)
         del m1, model

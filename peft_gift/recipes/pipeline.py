@@ -37,6 +37,9 @@ DEFAULT_TRAINING = dict(
     num_train_epochs=1, per_device_train_batch_size=8, per_device_eval_batch_size=32, learning_rate=1e-3,
     logging_steps=10, save_strategy="no", eval_strategy="no", report_to="none", dataloader_num_workers=0,
     disable_tqdm=False, remove_unused_columns=False,
+    # every trainable tensor of these jobs (adapter, head) takes part in each forward; the Trainer's default for a
+    # model that is not a PreTrainedModel (a PeftModel) would make DDP search for unused ones and warn at every run
+    ddp_find_unused_parameters=False,
 )
 
 
@@ -283,6 +286,15 @@ def _train_and_evaluate(job: Job, out: Path, log: Callable[[str], None]):
     return model, results
 
 
+def save_kwargs(model) -> dict:
+    """``save_pretrained`` arguments: a PEFT model saves no base embedding layers. The jobs never resize the
+    vocabulary, and PEFT's default (``save_embedding_layers="auto"``) would ask the Hub whether the base model's
+    was resized (offline: a warning at every save)."""
+    from peft import PeftModel
+
+    return {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
+
+
 def _write_outputs(model, job: Job, out: Path, results: dict, log, push_to_hub, export_lora: bool) -> None:
     """Save the adapter (or model) with its cards, and the LoRA export if asked for (the main process only)."""
     from ..hub import plugin_peft_types, write_model_card
@@ -290,7 +302,7 @@ def _write_outputs(model, job: Job, out: Path, results: dict, log, push_to_hub, 
 
     save_dir = Path(results["saved_to"])
     machine = describe_machine(machine_info())
-    model.save_pretrained(str(save_dir))
+    model.save_pretrained(str(save_dir), **save_kwargs(model))
     write_card(save_dir, results["card"], machine)
     if plugin_peft_types(model):
         write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
