@@ -7,6 +7,7 @@ Tiny random BERT / Llama and synthetic data in tmp_path; the base model gets a H
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -76,6 +77,10 @@ def test_cli_outputs_name_no_local_path_and_carry_a_parsable_model_index(files, 
         out, res = _run(tmp_path, cfg)
     # offline, saving asks the Hub nothing (PEFT's default would look up whether the base vocabulary was resized)
     assert not [str(w.message) for w in caught if HUB_ID in str(w.message)]
+    umask = os.umask(0)
+    os.umask(umask)  # the saved files get the mode of any new file (safetensors alone writes 0600)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in (out / "adapter").iterdir()} == {
+        f.name: oct(0o666 & ~umask) for f in (out / "adapter").iterdir()}
     roots = [str(files), str(tmp_path), str(Path.home()), "site-packages", "/tmp/"]
     readme = (out / "adapter" / "README.md").read_text()
     adapter_config = (out / "adapter" / "adapter_config.json").read_text()

@@ -51,3 +51,15 @@ def clear_outputs(paths: list[Path]) -> None:
     """Remove an earlier run's outputs (found by :func:`check_outputs`)."""
     for p in paths:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def readable_by_all(folder: Path) -> None:
+    """Give the files under ``folder`` the mode the process' umask gives new files (safetensors writes its files
+    0600, so an adapter the job saved would be readable by its owner only)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(0o666 & ~umask)

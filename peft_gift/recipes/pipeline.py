@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 from .config import ConfigError, validate_config
 from .data import load_data, published_model, resolve_model
 from .methods import METHODS, param_counts
-from .outputs import check_output_dir, check_outputs, clear_outputs
+from .outputs import check_output_dir, check_outputs, clear_outputs, readable_by_all
 from .report import describe_machine, machine_info, markdown_table
 from .tasks import TASKS, Task
 
@@ -311,6 +311,8 @@ def _write_outputs(model, job: Job, out: Path, results: dict, log, push_to_hub, 
     if export_lora:
         results["lora_export"] = str(_export_lora(model, out / "lora_export", results["card"]))
         log(f"wrote {results['lora_export']}: the adapter as a plain PEFT LoRA adapter")
+    for folder in (save_dir, out / "lora_export"):
+        readable_by_all(folder)
     results["machine"] = machine
 
 
