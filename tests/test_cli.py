@@ -420,3 +420,40 @@ def test_cli_saves_the_plugin_model_card_with_the_adapter(assets, tmp_path):
     # install as the README says (peft-gift is not on PyPI), then import the plugin
     assert all(line in card for line in hub.install_instructions()) and "import peft_gift" in card
     assert "pip install peft-gift\n" not in card
+
+
+@pytest.mark.parametrize("kind", ["gift", "full", "loreft", "lofit_mc"])
+def test_evaluate_script_reproduces_the_reported_metrics(assets, tmp_path, capsys, kind):
+    """`scripts/evaluate.py OUT/adapter` (or OUT/model) evaluates what the run saved on its job's evaluation split
+    and prints the run's table and metrics: equal to results.json's "after"."""
+    from peft_gift.recipes import reevaluate
+
+    cfg = {"gift": lambda: _cls_cfg(assets, {"name": "gift", "r": 4, "target_modules": ["query", "value"]}),
+           "full": lambda: _cls_cfg(assets, {"name": "full"}),
+           "loreft": lambda: _cls_cfg(assets, {"name": "loreft", "r": 2}),
+           "lofit_mc": lambda: {"model": str(assets / "llama"), "task": "causal_lm_mc",
+                                "method": {"name": "lofit", "k": 3, "stage1": {"l1_lambda": 1e-3}},
+                                "data": {"dataset": str(assets / "mc_tiny"), "max_length": 32},
+                                "training": dict(TRAIN)}}[kind]()
+    out, res = _run_cli(tmp_path, cfg)
+    capsys.readouterr()
+    assert reevaluate.main([res["saved_to"]]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    again = json.loads(printed[-1])
+    assert again.keys() == res["after"].keys()
+    for metric, value in res["after"].items():
+        assert again[metric] == pytest.approx(value, rel=1e-6), metric
+    assert f"| {res['method']} |" in "\n".join(printed)
+    assert reevaluate.main([res["saved_to"], _write_cfg(tmp_path, res["config"], "again.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == again
+
+
+def test_evaluate_script_refuses_a_folder_that_is_no_run_output(tmp_path, capsys):
+    from peft_gift.recipes import reevaluate
+
+    assert reevaluate.main([str(tmp_path)]) == 2
+    assert "not an adapter or model folder written by train.py" in capsys.readouterr().err
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert reevaluate.main([str(tmp_path / "adapter")]) == 2
+    assert "no results.json beside it" in capsys.readouterr().err
