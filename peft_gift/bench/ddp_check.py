@@ -35,14 +35,9 @@ VOCAB = 128
 
 def build_base():
     """Tiny random Llama (2 layers, hidden 64, 4 heads / 2 KV heads), seeded."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from .tiny import tiny_causal_lm
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-    )
-    return AutoModelForCausalLM.from_config(cfg)
+    return tiny_causal_lm("llama", seed=0, vocab_size=VOCAB)
 
 
 def build_model(method: str):

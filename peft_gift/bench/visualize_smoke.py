@@ -38,13 +38,12 @@ def _vision(root: Path) -> None:
 
 def _language(root: Path) -> None:
     from peft import get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    llama_cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                            tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(llama_cfg).save_pretrained(root / "llama")
+    from .tiny import tiny_causal_lm
+
+    tiny_causal_lm("llama", seed=0, vocab_size=96, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=3).save_pretrained(root / "llama")
     word_tokenizer(96).save_pretrained(root / "llama")
 
     def base():
