@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .metrics import multiple_choice_metrics
@@ -25,10 +27,18 @@ def _fit(p: list[int], c: list[int], max_length: int) -> tuple[list[int], int]:
     return p + c, len(p)
 
 
-def _choice_sequences(tokenizer, rows, columns: dict, max_length: int, shared_prompt: bool):
-    """Per choice ``(question, choice, sequence, n_prompt, n_chars, context)``: ``context`` is the part of the
-    sequence run once for every choice that has it (the truncated prompt, or the whole sequence when
-    ``shared_prompt`` is off)."""
+class _Choice(NamedTuple):
+    question: int
+    choice: int
+    seq: list[int]  # truncated prompt + choice tokens, as `encode_pair` builds them
+    n_prompt: int
+    n_chars: int  # characters of " " + choice (acc_norm)
+    context: tuple  # (question, the tokens run once for every choice that starts with them)
+
+
+def _choice_sequences(tokenizer, rows, columns: dict, max_length: int, shared_prompt: bool) -> list[_Choice]:
+    """One `_Choice` per choice; its context is the truncated prompt, or the whole sequence when ``shared_prompt``
+    is off."""
     out = []
     for qi, row in enumerate(rows):
         p = tokenizer(row[columns["prompt"]], add_special_tokens=True)["input_ids"]
@@ -36,7 +46,7 @@ def _choice_sequences(tokenizer, rows, columns: dict, max_length: int, shared_pr
             cont = " " + str(choice)
             seq, n_prompt = _fit(p, _continuation_ids(tokenizer, cont, add_eos=False), max_length)
             context = tuple(seq[:n_prompt] if shared_prompt else seq)
-            out.append((qi, ci, seq, n_prompt, len(cont), (qi, context)))
+            out.append(_Choice(qi, ci, seq, n_prompt, len(cont), (qi, context)))
     return out
 
 
@@ -56,26 +66,25 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def _score_batch(model, contexts: list[tuple[int, ...]], choices: list[list[tuple]], pad_id: int, device) -> dict:
+def _score_batch(model, contexts: list[tuple[int, ...]], choices: list[list[_Choice]], pad_id: int, device) -> dict:
     """Log-likelihoods of the choices of ``contexts`` (``choices[i]``: the choices whose sequence starts with
     ``contexts[i]``): one forward of the contexts, then, where a choice goes on past its context, one forward of
     the remaining tokens of every such choice, reading the contexts from the key/value cache."""
     ids, mask, pos = _left_pad(contexts, pad_id)
     # logits only where a choice token is predicted: the last positions (left padding aligns every context's end)
-    keep = max(len(ctx) - it[3] + 1 for ctx, its in zip(contexts, choices) for it in its)
+    keep = max(len(ctx) - it.n_prompt + 1 for ctx, its in zip(contexts, choices) for it in its)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                 use_cache=True, logits_to_keep=keep)
     logits = out.logits[:, -keep:]
     scores, tails = {}, []  # tails: (row, choice item, tokens after the context)
     for row, (ctx, its) in enumerate(zip(contexts, choices)):
         for it in its:
-            seq, n_prompt = it[2], it[3]
-            last = min(len(ctx), len(seq) - 1)  # positions n_prompt..last are predicted inside the context
-            targets = torch.tensor(seq[n_prompt:last + 1], dtype=torch.long, device=logits.device)
-            at = keep - len(ctx) + n_prompt - 1
+            last = min(len(ctx), len(it.seq) - 1)  # positions n_prompt..last are predicted inside the context
+            targets = torch.tensor(it.seq[it.n_prompt:last + 1], dtype=torch.long, device=logits.device)
+            at = keep - len(ctx) + it.n_prompt - 1
             scores[it[:2]] = float(_token_logprobs(logits[row, at:at + len(targets)], targets).sum())
-            if len(seq) - 1 > len(ctx):
-                tails.append((row, it, seq[len(ctx):]))
+            if len(it.seq) - 1 > len(ctx):
+                tails.append((row, it, it.seq[len(ctx):]))
     if tails:
         _score_tails(model, out.cache, mask, tails, scores, pad_id, device)
     return scores
@@ -117,9 +126,9 @@ def score_choices(model, tokenizer, rows, columns: dict, max_length: int, batch_
     from tqdm.auto import tqdm
 
     items = _choice_sequences(tokenizer, rows, columns, max_length, shared_prompt)
-    groups: dict[tuple, list[tuple]] = {}
+    groups: dict[tuple, list[_Choice]] = {}
     for it in items:
-        groups.setdefault(it[5], []).append(it)
+        groups.setdefault(it.context, []).append(it)
     keys = sorted(groups, key=lambda k: -len(k[1]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
@@ -133,7 +142,7 @@ def score_choices(model, tokenizer, rows, columns: dict, max_length: int, batch_
             loglik.update(_score_batch(model, [k[1] for k in chunk], [groups[k] for k in chunk], pad_id, device))
     finally:
         model.train(was_training)
-    return loglik, {it[:2]: it[4] for it in items}
+    return loglik, {it[:2]: it.n_chars for it in items}
 
 
 def evaluate_multiple_choice(model, tokenizer, rows, columns: dict, max_length: int, batch_size: int = 32,
