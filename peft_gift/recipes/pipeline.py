@@ -286,7 +286,7 @@ def _train_and_evaluate(job: Job, out: Path, log: Callable[[str], None]):
     return model, results
 
 
-def save_kwargs(model) -> dict:
+def _save_kwargs(model) -> dict:
     """``save_pretrained`` arguments: a PEFT model saves no base embedding layers. The jobs never resize the
     vocabulary, and PEFT's default (``save_embedding_layers="auto"``) would ask the Hub whether the base model's
     was resized (offline: a warning at every save)."""
@@ -302,7 +302,7 @@ def _write_outputs(model, job: Job, out: Path, results: dict, log, push_to_hub, 
 
     save_dir = Path(results["saved_to"])
     machine = describe_machine(machine_info())
-    model.save_pretrained(str(save_dir), **save_kwargs(model))
+    model.save_pretrained(str(save_dir), **_save_kwargs(model))
     write_card(save_dir, results["card"], machine)
     if plugin_peft_types(model):
         write_model_card(model, str(save_dir))  # the card says how to load a GIFT / LoFiT adapter
