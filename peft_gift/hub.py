@@ -97,6 +97,7 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
         base_cls, import_line = "AutoModel", "from transformers import AutoModel"
     adapter = repo_id or "<this repository id or local folder>"
     method = " and ".join(METHOD_NAMES[_TAGS[t]] for t in types)
+    labels = _label_arguments(base)
     return "\n".join([
         LOADING_HEADING,
         "",
@@ -114,12 +115,24 @@ def loading_instructions(model, repo_id: Optional[str] = None) -> str:
         "from peft import PeftModel",
         import_line,
         "",
-        f'base = {base_cls}.from_pretrained("{base_id}")',
+        f'base = {base_cls}.from_pretrained("{base_id}"{labels})',
         f'model = PeftModel.from_pretrained(base, "{adapter}")',
         "model = model.merge_and_unload()  # optional: fold the adapter into the base weights",
         "```",
         "",
     ])
+
+
+def _label_arguments(base) -> str:
+    """``from_pretrained`` arguments that give a classification head the adapter's classes (its saved head has one
+    row per class, and the base checkpoint's own head may have another number); empty for other models."""
+    id2label = getattr(getattr(base, "config", None), "id2label", None)
+    if "Classification" not in type(base).__name__ or not id2label:
+        return ""
+    id2label = {int(k): v for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
+    label2id = {v: k for k, v in id2label.items()}
+    return (f", num_labels={len(id2label)}, id2label={id2label!r}, label2id={label2id!r}, "
+            "ignore_mismatched_sizes=True")
 
 
 def write_model_card(model, output_dir: str, repo_id: Optional[str] = None) -> None:

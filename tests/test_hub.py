@@ -200,3 +200,30 @@ def test_other_peft_methods_untouched(tmp_path):
     assert open(tmp_path / "README.md").read() == readme
     with pytest.raises(ValueError, match="GIFT or LoFiT"):
         peft_gift.push_to_hub(model, "me/lora")
+
+
+def test_card_snippet_of_a_classifier_gives_the_head_its_classes(tmp_path):
+    """A classification adapter saves its head (one row per class): the card's code passes the classes, so it loads
+    onto the base checkpoint even when that checkpoint's head has another number of classes, with the label names."""
+    from tiny_models import tiny_bert
+    from transformers import AutoModelForSequenceClassification
+
+    labels = {0: "neg", 1: "neutral", 2: "pos"}
+    tiny_bert().save_pretrained(tmp_path / "base")  # a 2-class head
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "base", num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
+        ignore_mismatched_sizes=True)
+    model = get_peft_model(base, peft_gift.GiftConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    model.save_pretrained(tmp_path / "adapter")
+    peft_gift.write_model_card(model, str(tmp_path / "adapter"))
+    readme = (tmp_path / "adapter" / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace(peft_gift.hub.BASE_PLACEHOLDER, str(tmp_path / "base"))
+    snippet = snippet.replace("<this repository id or local folder>", str(tmp_path / "adapter"))
+    namespace = {}
+    exec(snippet, namespace)
+    loaded = namespace["model"]
+    assert loaded.config.id2label == labels
+    inputs = text_inputs()
+    torch.testing.assert_close(model_output(loaded, inputs), model_output(model.merge_and_unload(), inputs),
+                               atol=1e-5, rtol=1e-5)
