@@ -20,19 +20,18 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import resolve_quantization_backend
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 import peft_gift
 from peft_gift._bnb_cpu import keep_standard_4bit_layout
+from peft_gift.bench.tiny import tiny_causal_lm
 from peft_gift.gift.layer import GiftLayer
 from peft_gift.interpret.gift import cluster_vectors
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-LLAMA = dict(
-    vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=32, max_position_embeddings=64, tie_word_embeddings=False,
-)
+# bitsandbytes' CPU 4-bit path needs in/out features that are multiples of its block size (64)
+LLAMA = dict(vocab_size=128, hidden_size=128, intermediate_size=256, head_dim=32)
 TARGETS = ["q_proj", "v_proj", "o_proj"]
 # fp32 reference vs quantized model with identical dequantized weights, max |Δ logits| measured: bnb4 0, hqq 0,
 # torchao 6e-7 (they dequantize, then matmul in fp32), bnb8 9.7e-3 (its CPU matmul casts the input to fp16)
@@ -42,8 +41,7 @@ BACKEND_NAME = {"bnb4": "bnb 4bit", "bnb8": "bnb 8bit", "hqq": "hqq", "torchao":
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA))
+    model = tiny_causal_lm("llama", seed=0, **LLAMA)
     path = tmp_path_factory.mktemp("tiny_llama128")
     model.save_pretrained(path)
     return path
