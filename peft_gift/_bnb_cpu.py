@@ -39,12 +39,19 @@ def _refuse_repacked(named_layers: Iterable[tuple[str, nn.Module]], fix: str) ->
         )
 
 
+def _standard_layout_layers(model: nn.Module, fix: str) -> list[nn.Module]:
+    """The 4-bit layers of ``model`` (those with bitsandbytes' repacking flag); ``ValueError`` (``fix`` says what to
+    do) if one of them is already repacked."""
+    named_layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    _refuse_repacked(named_layers, fix)
+    return [m for _, m in named_layers]
+
+
 def keep_standard_4bit_layout(model: nn.Module) -> int:
     """Switch bitsandbytes' CPU repacking off on every 4-bit layer of ``model`` for good; return how many there were.
 
     Raises ``ValueError`` (and changes nothing) if a layer's weight is already in the CPU inference layout."""
-    _refuse_repacked(model.named_modules(), "Load the model again and call this before evaluating it.")
-    layers = [module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu")]
+    layers = _standard_layout_layers(model, "Load the model again and call this before evaluating it.")
     for module in layers:
         module.support_avx512bf16_for_cpu = False
     return len(layers)
@@ -53,10 +60,10 @@ def keep_standard_4bit_layout(model: nn.Module) -> int:
 def hold_standard_layout(model: nn.Module) -> None:
     """Switch the repacking off on every 4-bit layer of ``model`` (which gets an adapter), keeping each flag's previous
     value for `release_standard_layout`. Raises ``ValueError`` (and changes nothing) if one is already repacked."""
-    named_layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "support_avx512bf16_for_cpu")]
-    _refuse_repacked(named_layers, "Load the model again and add the adapter before evaluating it; from then on the "
-                                   "repacking is switched off until the model's last GIFT/LoFiT adapter is removed.")
-    for _, module in named_layers:
+    layers = _standard_layout_layers(model, "Load the model again and add the adapter before evaluating it; from then "
+                                            "on the repacking is switched off until the model's last GIFT/LoFiT "
+                                            "adapter is removed.")
+    for module in layers:
         module.__dict__.setdefault(_PREVIOUS, module.support_avx512bf16_for_cpu)
         module.support_avx512bf16_for_cpu = False
 
